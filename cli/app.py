@@ -1,0 +1,50 @@
+"""The `instructmining` command group and its error handling."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from instructmining import __version__
+from instructmining.errors import InstructMiningError
+
+EPILOG = """\b
+Examples:
+  instructmining indicators
+  instructmining score examples/alpaca_style.jsonl -o scores.jsonl
+  instructmining score data.csv --map instruction=question,output=answer -o scores.parquet
+  instructmining score data.jsonl -o out.jsonl --on-error skip --keep-fields
+"""
+
+
+class Group(click.Group):
+    """A click group that prints user errors as one line (exit code 1, or 2 for bad data)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InstructMiningError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="instructmining")
+def main() -> None:
+    """Find the instruction-tuning data worth training on.
+
+    Computes quality indicators for (instruction, input, output) records, fits a
+    rule that predicts a finetuned model's loss from them, and uses it to select data.
+    """
+
+
+def _register_commands() -> None:
+    from instructmining.cli import score
+
+    main.add_command(score.indicators_command)
+    main.add_command(score.score_command)
+
+
+_register_commands()
