@@ -1,0 +1,142 @@
+"""Model loading shared by the model-backed indicators.
+
+Checkpoints are named by a Hugging Face id or a local path. A path that does not
+exist, or a hub id that is neither cached nor reachable, fails at once with the
+checkpoint's name and the fix, instead of hanging for a minute inside
+transformers. Loaded models are cached per process by (kind, checkpoint,
+device, dtype) so that scoring batch after batch loads each model once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from instructmining.errors import InstructMiningError
+
+T = TypeVar("T")
+_CACHE: dict[tuple[str, str, str, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+class ModelUnavailableError(InstructMiningError):
+    """A checkpoint that cannot be loaded here (no local copy, no network)."""
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    # hub ids are "name" or "org/name"; anything else is meant as a path
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers always brings it
+        return False
+    hit = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(hit, str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_model_source(spec: str, *, indicator: str, option: str | None = None) -> str:
+    """Return `spec` if it can be loaded here; otherwise fail fast saying how to fix it.
+
+    `option` is the `--model` key that sets this checkpoint (default: the indicator name).
+    """
+    key = option or indicator
+    path = Path(spec).expanduser()
+    if path.exists():
+        return str(path)
+    fix = (
+        f"pass a local copy with --model {key}=/path/to/checkpoint, or download it "
+        "where there is network and set HF_HUB_OFFLINE=1 to use the cache"
+    )
+    if _looks_like_path(spec):
+        raise ModelUnavailableError(f"{indicator}: checkpoint path {spec!r} does not exist; {fix}")
+    if _hub_cached(spec):
+        return spec
+    if _offline():
+        raise ModelUnavailableError(
+            f"{indicator}: checkpoint {spec!r} is not in the local Hugging Face cache and "
+            f"HF_HUB_OFFLINE is set; {fix}"
+        )
+    if not _hub_reachable():
+        raise ModelUnavailableError(
+            f"{indicator}: checkpoint {spec!r} is not cached locally and the Hugging Face hub "
+            f"cannot be reached; {fix}"
+        )
+    return spec
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; 'cuda:N' is checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InstructMiningError(
+                f"--device {device}: no CUDA GPU is visible; use --device cpu"
+            )
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise InstructMiningError(
+                f"--device {device}: {torch.cuda.device_count()} GPU(s) visible "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+        return device
+    raise InstructMiningError(f"--device must be auto, cpu or cuda[:N]; got {device!r}")
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """torch dtype for 'auto' (bf16 on a GPU that supports it, else fp32), 'fp32', 'fp16', 'bf16'."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in table:
+        raise InstructMiningError(f"dtype must be auto, fp32, fp16 or bf16; got {dtype!r}")
+    if dtype != "fp32" and device == "cpu":
+        raise InstructMiningError(f"dtype {dtype} needs a GPU; use fp32 on the CPU")
+    return table[dtype]
+
+
+def cached_model(kind: str, spec: str, device: str, dtype: str, loader: Callable[[], T]) -> T:
+    """Load once per process for (kind, spec, device, dtype); later calls reuse it."""
+    key = (kind, spec, device, dtype)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = loader()
+        return _CACHE[key]
+
+
+def clear_model_cache() -> None:
+    """Drop every loaded model (tests; freeing GPU memory between jobs)."""
+    with _LOCK:
+        _CACHE.clear()
