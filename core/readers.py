@@ -175,7 +175,8 @@ def _jsonl_rows(path: Path, raw: bytes) -> tuple[Iterator[_Row], str]:
     text = _decode(path, raw)
 
     def rows() -> Iterator[_Row]:
-        for number, line in enumerate(text.splitlines(), start=1):
+        # split on "\n" only: str.splitlines would also break at U+0085/U+2028 inside strings
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

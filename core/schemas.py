@@ -12,7 +12,8 @@ Recognised without flags (first match wins):
 
 A conversation becomes ONE record: the last assistant turn is the ``output``,
 the user turn just before it the ``instruction``, and every earlier turn
-(system prompt included) the ``input``, as a transcript of ``"User: ..."``,
+(system prompt included) the ``input``; consecutive turns of one role are merged
+first, as a transcript of ``"User: ..."``,
 ``"Assistant: ..."`` and ``"System: ..."`` paragraphs. Turns after the last
 assistant turn are not scored; the row's original fields stay in
 ``Record.fields``. Anything else is mapped with ``--map``, e.g.
@@ -136,6 +137,7 @@ _LABEL = {"user": "User", "assistant": "Assistant", "system": "System"}
 
 def turns_to_record(turns: list[tuple[str, str]], row: Mapping[str, Any], id_key: str) -> Record:
     """Fold (role, text) turns into one record (see the module docstring)."""
+    turns = _merge_runs(turns)
     last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=-1)
     if last < 0:
         raise RowError("the conversation has no assistant turn to use as the output")
@@ -149,6 +151,18 @@ def turns_to_record(turns: list[tuple[str, str]], row: Mapping[str, Any], id_key
         id=_row_id(row, id_key),
         fields=row,
     )
+
+
+def _merge_runs(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # Consecutive turns of one role (seen in HH-RLHF transcripts whose inline "Human:" lacks
+    # the blank line before it) are one turn: their texts are joined by a blank line.
+    merged: list[tuple[str, str]] = []
+    for role, text in turns:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, f"{merged[-1][1]}\n\n{text}")
+        else:
+            merged.append((role, text))
+    return merged
 
 
 def _chat_turns(value: Any, role_key: str, text_key: str, field: str) -> list[tuple[str, str]]:

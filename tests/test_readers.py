@@ -246,3 +246,12 @@ def test_on_error_is_checked():
 def test_bad_map_spec():
     with pytest.raises(ValueError, match="unknown target field 'answer'"):
         read_records("x.jsonl", field_map="answer=output")
+
+
+def test_hh_consecutive_turns_of_one_role_are_merged(tmp_path):
+    text = "\n\nHuman: Hi  Human: still me\n\nAssistant: part one\n\nAssistant: part two"
+    rec = read_records(
+        write_jsonl(tmp_path / "hh.jsonl", [{"chosen": text, "rejected": text}])
+    ).records[0]
+    assert rec.instruction == "Hi  Human: still me"
+    assert rec.output == "part one\n\npart two"

@@ -1,0 +1,5 @@
+"""`python -m instructmining.cli`: the same as the `instructmining` command."""
+
+from instructmining.cli.app import main
+
+main()

@@ -1,0 +1,132 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from instructmining import __version__
+from instructmining.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "alpaca_style.jsonl"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_version_and_help():
+    assert __version__ in run("--version").output
+    out = run("--help").output
+    assert "Examples:" in out and "score" in out and "indicators" in out
+
+
+def test_indicators_lists_lengths():
+    result = run("indicators")
+    assert result.exit_code == 0
+    assert "input_length" in result.output and "output_length" in result.output
+
+
+def test_score_example_end_to_end(tmp_path):
+    out = tmp_path / "s.jsonl"
+    result = run("score", EXAMPLE, "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    n = len(EXAMPLE.read_text().splitlines())
+    assert len(rows) == n
+    assert {"id", "input_length", "output_length"} <= set(rows[0])
+    # "Translate the sentence into French." + "The library opens at nine." = 5 + 5 words
+    assert rows[1]["input_length"] == 10
+    assert "mean" in result.output and f"{n} records (alpaca)" in result.output
+    summary = json.loads((tmp_path / "s.jsonl.summary.json").read_text())
+    assert summary["records"] == n
+    assert summary["summary"]["output_length"]["count"] == n
+
+
+def test_score_keep_fields_parquet(tmp_path):
+    out = tmp_path / "s.parquet"
+    result = run("score", REPO / "examples" / "chat_messages.jsonl", "-o", out, "--keep-fields")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    assert list(frame.columns[:2]) == ["id", "messages"]
+    assert frame["output_length"].tolist() == [1.0, 12.0]
+
+
+def test_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "s.jsonl"
+    out.write_text("x\n")
+    result = run("score", EXAMPLE, "-o", out)
+    assert result.exit_code == 1
+    assert "--overwrite" in result.output
+    assert out.read_text() == "x\n"
+    assert run("score", EXAMPLE, "-o", out, "--overwrite").exit_code == 0
+
+
+def _broken(tmp_path):
+    lines = [json.dumps({"instruction": f"task {i}", "output": f"answer {i}"}) for i in range(5)]
+    lines[2] = '{"instruction": "task 2", "output": '
+    path = tmp_path / "broken.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_broken_line_exit_2_then_skip(tmp_path):
+    data = _broken(tmp_path)
+    out = tmp_path / "s.jsonl"
+    result = run("score", data, "-o", out)
+    assert result.exit_code == 2
+    assert "broken.jsonl, line 3" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+    result = run("score", data, "-o", out, "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 4
+    rejects = [
+        json.loads(line) for line in (tmp_path / "s.jsonl.rejects.jsonl").read_text().splitlines()
+    ]
+    assert [r["line"] for r in rejects] == [3]
+    assert "skipped 1 rows" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        ("", "empty.jsonl", "the file is empty"),
+        ('{"q": "a", "a": "b"}\n', "fields.jsonl", "fields found: a, q"),
+        ("<x/>", "d.xml", "unknown file type"),
+    ],
+)
+def test_bad_inputs_are_one_line(tmp_path, content, name, message):
+    path = tmp_path / name
+    path.write_text(content)
+    result = run("score", path, "-o", tmp_path / "s.jsonl")
+    assert result.exit_code == 2
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_map_and_indicator_are_usage_errors(tmp_path):
+    result = run("score", EXAMPLE, "-o", tmp_path / "s.jsonl", "--map", "bogus")
+    assert result.exit_code == 2 and "target=source" in result.output
+    result = run("score", EXAMPLE, "-o", tmp_path / "s.jsonl", "-i", "nope")
+    assert result.exit_code == 2 and "unknown indicator 'nope'" in result.output
+
+
+def test_real_subprocess(tmp_path):
+    out = tmp_path / "s.csv"
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "instructmining.cli", "score", str(EXAMPLE), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_csv(out)) == len(EXAMPLE.read_text().splitlines())
+    assert proc.stderr == ""  # no progress bar when stderr is not a terminal
