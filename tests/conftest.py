@@ -21,3 +21,36 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+# Tiny random-weight checkpoints (tests/tiny_models.py), built once per session.
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny GPT-2 causal LM with its tokenizer."""
+    from tiny_models import build_causal_lm
+
+    return build_causal_lm(tmp_path_factory.mktemp("models") / "causal-lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny GPT-NeoX reward model (one-output sequence classifier, OASST tokens)."""
+    from tiny_models import build_reward_model
+
+    return build_reward_model(tmp_path_factory.mktemp("models") / "reward-model")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny T5 with "Yes"/"No" tokens (UniEval stand-in)."""
+    from tiny_models import build_t5
+
+    return build_t5(tmp_path_factory.mktemp("models") / "t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_sentence_transformer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny BERT sentence-transformer (mean pooling, normalised)."""
+    from tiny_models import build_sentence_transformer
+
+    return build_sentence_transformer(tmp_path_factory.mktemp("models") / "sentence-transformer")
