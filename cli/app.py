@@ -46,5 +46,9 @@ def _register_commands() -> None:
     main.add_command(score.indicators_command)
     main.add_command(score.score_command)
 
+    from instructmining.cli import generate
+
+    main.add_command(generate.generate_command)
+
 
 _register_commands()

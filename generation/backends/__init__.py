@@ -1,0 +1,23 @@
+"""LLM backends for the generator: an OpenAI-compatible HTTP client and a local Hugging Face model."""
+
+from instructmining.generation.backends.base import (
+    BackendError,
+    Completion,
+    LLMBackend,
+    SamplingParams,
+    Usage,
+    apply_stop,
+    create_backend,
+    parse_llm_spec,
+)
+
+__all__ = [
+    "BackendError",
+    "Completion",
+    "LLMBackend",
+    "SamplingParams",
+    "Usage",
+    "apply_stop",
+    "create_backend",
+    "parse_llm_spec",
+]
