@@ -291,3 +291,52 @@ def build_sentence_transformer(directory: str | Path, *, seed: int = 0) -> Path:
     st = SentenceTransformer(modules=[transformer, Pooling(dim, pooling_mode="mean"), Normalize()])
     st.save(str(out))
     return out
+
+
+def build_oasst_reward_model(directory: str | Path, *, seed: int = 0) -> Path:
+    """A checkpoint laid out like the OpenAssistant Pythia reward models.
+
+    Their config says `"model_type": "gpt_neox_reward_model"` (an architecture that
+    transformers does not ship): a GPT-NeoX trunk saved under `gpt_neox.*` and a
+    one-output linear head `out_proj` applied to the hidden state of the last
+    attended token (`"pooling": "last"`). Written here with plain torch and
+    safetensors so that the test does not depend on the code under test.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GPTNeoXConfig, GPTNeoXModel
+
+    out = Path(directory)
+    tok = save_tokenizer(
+        out,
+        "byte-bpe",
+        added_special=tuple(OASST_SPECIAL),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|padding|>",
+        model_max_length=128,
+    )
+    _seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    trunk = GPTNeoXModel(config).eval()
+    head = torch.nn.Linear(64, 1)
+    tensors = {f"gpt_neox.{k}": v.contiguous() for k, v in trunk.state_dict().items()}
+    tensors.update({f"out_proj.{k}": v.contiguous() for k, v in head.state_dict().items()})
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    raw = config.to_dict()
+    raw.update(
+        model_type="gpt_neox_reward_model", architectures=["GPTNeoXRewardModel"], pooling="last"
+    )
+    (out / "config.json").write_text(json.dumps(raw, indent=2, default=str))
+    return out

@@ -1,0 +1,26 @@
+"""Small helpers shared by the transformers-backed indicators (imported lazily)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+
+def dtype_kwarg() -> str:
+    """The `from_pretrained` keyword for the weights' dtype: `dtype` (transformers 5) or `torch_dtype`."""
+    import transformers
+
+    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' info/warning logs for a block (we report truncation ourselves)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
