@@ -46,9 +46,22 @@ def _register_commands() -> None:
     main.add_command(score.indicators_command)
     main.add_command(score.score_command)
 
+    from instructmining.cli import select
+
+    main.add_command(select.select_command)
+
     from instructmining.cli import generate
 
     main.add_command(generate.generate_command)
+
+    from instructmining.cli import study
+
+    main.add_command(study.study_group)
+
+    from instructmining.cli import fit
+
+    main.add_command(fit.fit_command)
+    main.add_command(fit.rule_group)
 
 
 _register_commands()

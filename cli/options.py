@@ -50,3 +50,42 @@ def overwrite_option(f: Any) -> Any:
 
 def quiet_option(f: Any) -> Any:
     return click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(f)
+
+
+def _parse_models(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in value:
+        key, sep, path = item.partition("=")
+        if not sep or not key.strip() or not path.strip():
+            raise click.BadParameter(
+                f"{item!r} is not NAME=CHECKPOINT (e.g. --model reward=/models/rm)", ctx, param
+            )
+        out[key.strip()] = path.strip()
+    return out
+
+
+def model_options(f: Any) -> Any:
+    """--model NAME=CHECKPOINT (repeatable), --device, --batch-size."""
+    f = click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Records per model batch (default: each indicator's own).",
+    )(f)
+    f = click.option(
+        "--device",
+        default=None,
+        metavar="auto|cpu|cuda[:N]",
+        help="Where models run (default auto: a GPU when visible).",
+    )(f)
+    return click.option(
+        "--model",
+        "models",
+        multiple=True,
+        callback=_parse_models,
+        metavar="NAME=CHECKPOINT",
+        help="Checkpoint (hub id or local path) for an indicator; `unieval` sets naturalness, "
+        "coherence and understandability together. Repeatable.",
+    )(f)

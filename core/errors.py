@@ -40,3 +40,9 @@ class DataError(InstructMiningError, ValueError):
 
 class OutputExistsError(InstructMiningError, FileExistsError):
     """An output file exists already and overwriting was not asked for."""
+
+
+class ParameterError(InstructMiningError, ValueError):
+    """A parameter with a value it cannot take; the message names the parameter (exit code 2)."""
+
+    exit_code = 2

@@ -4,3 +4,20 @@ if __name__ != "instructmining.selection":  # the bare folder imported from the 
     raise ImportError(
         "Import this as instructmining.selection (install the project: pip install -e .)."
     )
+
+from instructmining.selection.run import SelectReport, select_file
+from instructmining.selection.select import (
+    MissingIndicatorError,
+    Selection,
+    rule_indicators,
+    select,
+)
+
+__all__ = [
+    "MissingIndicatorError",
+    "SelectReport",
+    "Selection",
+    "rule_indicators",
+    "select",
+    "select_file",
+]

@@ -1,0 +1,257 @@
+"""Select the records a Rule predicts to lower the finetuned model's loss most.
+
+The rule is linear in the indicators, so the predicted log loss of a subset is
+the mean of its records' linear predictors: ranking records by that value and
+taking a prefix minimises the predicted loss of a subset of that size.
+
+Dataset-level indicators (``knn6``) are computed once against the whole pool:
+a record's distance to its k-th neighbour among all candidates is a property
+of the record within the data it is drawn from, and keeps the ranking a plain
+sort (reproducible, a prefix for every size). The subset's own ``knn6`` would
+differ; ``--diversity`` is the tool for controlling redundancy inside it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from instructmining.errors import InstructMiningError, ParameterError
+from instructmining.indicators.base import Indicator
+from instructmining.indicators.engine import score
+from instructmining.indicators.models import check_model_source
+from instructmining.indicators.registry import create
+from instructmining.records import Record
+from instructmining.regression import Rule
+from instructmining.selection.diversity import diverse_prefix
+from instructmining.selection.strategies import (
+    STRATEGIES,
+    longest_order,
+    order_by_value,
+    random_order,
+)
+
+_META = ("name", "backend", "version")
+#: --model keys that set several indicators at once
+MODEL_GROUPS = {"unieval": ("naturalness", "coherence", "understandability")}
+
+
+class MissingIndicatorError(InstructMiningError):
+    """The rule needs an indicator this environment cannot compute."""
+
+
+@dataclass
+class Selection:
+    """The chosen records (positions into the pool, best first) and every record's scores."""
+
+    indices: np.ndarray
+    scores: (
+        Any  # DataFrame: id, indicator columns, predicted_log_loss, predicted_loss, rank, selected
+    )
+    strategy: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    rejected_for_diversity: int = 0
+
+    def subset(self, records: Sequence[Record]) -> list[Record]:
+        """The selected records, in selection order."""
+        return [records[i] for i in self.indices]
+
+
+def rule_indicators(
+    rule: Rule,
+    *,
+    models: Mapping[str, str] | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+) -> list[Indicator]:
+    """Rebuild the indicators a rule was fitted with; `models` overrides checkpoints by name.
+
+    Fails before any work when a needed checkpoint cannot be loaded here, naming the
+    indicator and how to provide it.
+    """
+    overrides = dict(models or {})
+    for group, members in MODEL_GROUPS.items():
+        if group in overrides:
+            for member in members:
+                overrides.setdefault(member, overrides[group])
+    unknown = set(overrides) - set(rule.features) - set(MODEL_GROUPS)
+    if unknown:
+        raise InstructMiningError(
+            f"--model {', '.join(sorted(unknown))}: the rule {rule.name!r} does not use "
+            f"{'it' if len(unknown) == 1 else 'them'} (it uses {', '.join(rule.features)})"
+        )
+    built: list[Indicator] = []
+    for name in rule.features:
+        params = dict(rule.indicators.get(name) or {"name": name})
+        settings = {k: v for k, v in params.items() if k not in _META}
+        if name in overrides:
+            settings["model"] = overrides[name]
+        runtime = {"device": device, "batch_size": batch_size}
+        try:
+            ind = create(name, **settings)
+        except KeyError as exc:
+            raise MissingIndicatorError(
+                f"the rule {rule.name!r} needs indicator {name!r}, which is not registered here "
+                f"({exc.args[0]}); install the plugin that provides it"
+            ) from None
+        for key, value in runtime.items():
+            if value is not None and hasattr(ind, key):
+                setattr(ind, key, value)
+        model = getattr(ind, "model", None)
+        if ind.needs_model and isinstance(model, str) and ind.backend not in ("tfidf-svd", "ngram"):
+            key = next((g for g, m in MODEL_GROUPS.items() if name in m), name)
+            try:
+                check_model_source(model, indicator=name, option=key)
+            except InstructMiningError as exc:
+                raise MissingIndicatorError(
+                    f"the rule {rule.name!r} needs {name!r} from checkpoint {model!r}, which "
+                    f"cannot be loaded here: {exc}"
+                ) from None
+        built.append(ind)
+    return built
+
+
+def subset_size(n: int, *, k: int | None, fraction: float | None) -> int | None:
+    """The number of records asked for by `k` or `fraction` (None when neither is given)."""
+    if k is not None and fraction is not None:
+        raise ParameterError("Give only one of 'k' and 'fraction'.")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ParameterError(
+                f"The 'k' parameter of select must be an int >= 1. Got {k!r} instead."
+            )
+        if k > n:
+            raise ParameterError(
+                f"The 'k' parameter of select ({k}) exceeds the {n} records of the pool."
+            )
+        return k
+    if fraction is not None:
+        if not 0.0 < fraction <= 1.0:
+            raise ParameterError(
+                f"The 'fraction' parameter of select must be in (0, 1]. Got {fraction!r} instead."
+            )
+        return max(1, math.ceil(fraction * n))
+    return None
+
+
+def select(
+    records: Sequence[Record],
+    rule: Rule | None = None,
+    *,
+    k: int | None = None,
+    fraction: float | None = None,
+    max_predicted_loss: float | None = None,
+    strategy: str = "rule",
+    diversity: float | None = None,
+    seed: int = 0,
+    models: Mapping[str, str] | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    cache: str | Path | None = None,
+    progress: bool = False,
+) -> Selection:
+    """Rank `records` and keep the best `k` / `fraction` / those under `max_predicted_loss`.
+
+    `strategy` "rule" ranks by the rule's predicted log loss (lower is better; ties
+    by record id); "random" and "longest" are the paper's baselines and need no rule.
+    `diversity` (a cosine threshold) rejects a record too similar to one already kept,
+    in the embedding space of the rule's ``knn6`` configuration (TF-IDF + SVD offline).
+    """
+    import pandas as pd
+
+    if strategy not in STRATEGIES:
+        raise ParameterError(
+            f"The 'strategy' parameter must be one of {', '.join(STRATEGIES)}. "
+            f"Got {strategy!r} instead."
+        )
+    n = len(records)
+    if n == 0:
+        raise ParameterError("The pool is empty: nothing to select from.")
+    size = subset_size(n, k=k, fraction=fraction)
+    if max_predicted_loss is not None and (size is not None or strategy != "rule"):
+        raise ParameterError("'max_predicted_loss' works alone, with the rule strategy.")
+    if size is None and max_predicted_loss is None:
+        raise ParameterError("Say how many records to keep: k, fraction or max_predicted_loss.")
+    if strategy == "rule" and rule is None:
+        raise ParameterError("The rule strategy needs a rule.")
+
+    ids = [r.id for r in records]
+    frame = pd.DataFrame({"id": ids})
+    if strategy == "rule":
+        assert rule is not None
+        indicators = rule_indicators(rule, models=models, device=device, batch_size=batch_size)
+        scored = _score(records, indicators, cache=cache, progress=progress)
+        for col in scored.columns[1:]:
+            frame[col] = scored[col].to_numpy()
+        eta = rule.linear_predictor(frame)
+        frame["predicted_log_loss" if rule.target_transform == "log" else "predicted_loss"] = eta
+        if rule.target_transform == "log":
+            frame["predicted_loss"] = np.exp(eta)
+        n_nan = int(np.isnan(eta).sum())
+        if n_nan:
+            warnings.warn(
+                f"{n_nan} records have no prediction (an indicator is NaN); they are ranked last",
+                stacklevel=2,
+            )
+        order = order_by_value(eta, records)
+    elif strategy == "random":
+        order = random_order(records, seed)
+    else:
+        order = longest_order(records)
+
+    if max_predicted_loss is not None:
+        predicted = frame["predicted_loss"].to_numpy()
+        size = int(np.sum(predicted[order] <= max_predicted_loss))
+        if size == 0:
+            raise InstructMiningError(
+                f"no record has a predicted loss <= {max_predicted_loss}; the lowest is "
+                f"{np.nanmin(predicted):.4g}"
+            )
+    rejected = 0
+    if diversity is not None:
+        embeddings = _embeddings(records, rule)
+        chosen, rejected = diverse_prefix(order, embeddings, diversity, size)
+        if size is not None and len(chosen) < size:
+            warnings.warn(
+                f"the diversity threshold {diversity} leaves only {len(chosen)} of the "
+                f"{size} records asked for",
+                stacklevel=2,
+            )
+    else:
+        chosen = order[:size]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    frame["rank"] = rank
+    frame["selected"] = False
+    frame.loc[chosen, "selected"] = True
+    settings = {
+        "strategy": strategy,
+        "k": k,
+        "fraction": fraction,
+        "max_predicted_loss": max_predicted_loss,
+        "diversity": diversity,
+        "seed": seed,
+        "rule": rule.name if rule is not None else None,
+    }
+    return Selection(chosen, frame, strategy, settings, rejected)
+
+
+def _score(
+    records: Sequence[Record], indicators: list[Indicator], *, cache: Any, progress: bool
+) -> Any:
+    if cache is None:
+        return score(records, indicators, progress=progress)
+    return score(records, indicators, cache=cache, progress=progress)  # type: ignore[call-arg]
+
+
+def _embeddings(records: Sequence[Record], rule: Rule | None) -> np.ndarray:
+    """L2-normalised embeddings from the rule's knn6 configuration (offline TF-IDF by default)."""
+    params = dict((rule.indicators.get("knn6") if rule is not None else None) or {"name": "knn6"})
+    knn = create("knn6", **{k: v for k, v in params.items() if k not in _META})
+    return np.asarray(knn.embed(records), dtype=np.float64)
