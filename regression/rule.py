@@ -1,0 +1,334 @@
+"""A Rule: the fitted linear formula that predicts a finetuned model's loss from mean indicators.
+
+A Rule is frozen and saved as versioned JSON (never pickle), so a rule file can
+be read, diffed and trusted. It carries each indicator's configuration
+(`params()` of the indicator that produced the column), so selection rebuilds
+exactly the indicators the rule was fitted on. Lower predicted loss is better.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from instructmining.errors import DataError
+
+SCHEMA_VERSION = 1
+_KIND = "instructmining.rule"
+
+
+def _floats(mapping: Mapping[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in mapping.items()}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`target` ≈ intercept + Σ coefficient·indicator, on the log scale for a log target.
+
+    `coefficients` are on the indicators' own scale (what `predict` uses); when
+    the fit standardised the indicators, `standardization` holds their means and
+    scales and the coefficients per standard deviation.
+    """
+
+    name: str
+    intercept: float
+    coefficients: dict[str, float]
+    target: str = "eval_loss"
+    target_transform: str = "log"
+    indicators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    standardization: dict[str, Any] | None = None
+    statistics: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    citation: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.target_transform not in ("log", "none"):
+            raise ValueError(
+                f"The 'target_transform' of a Rule must be 'log' or 'none'. "
+                f"Got {self.target_transform!r} instead."
+            )
+        if not math.isfinite(self.intercept) or not all(
+            math.isfinite(v) for v in self.coefficients.values()
+        ):
+            raise ValueError(f"rule {self.name!r}: intercept and coefficients must be finite")
+        missing = [f for f in self.coefficients if f not in self.indicators]
+        if missing:
+            raise ValueError(
+                f"rule {self.name!r}: no indicator configuration for {', '.join(missing)}"
+            )
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The indicator names the rule uses, in the order of its formula."""
+        return tuple(self.coefficients)
+
+    def _columns(self, table: Any) -> dict[str, np.ndarray]:
+        import pandas as pd
+
+        if isinstance(table, pd.DataFrame):
+            present = set(map(str, table.columns))
+            getter = table.__getitem__
+        elif isinstance(table, Mapping):
+            present = set(map(str, table))
+            getter = table.__getitem__
+        else:
+            raise TypeError(
+                f"expected a pandas DataFrame or a mapping of indicator name to values, "
+                f"got {type(table).__name__}"
+            )
+        missing = [f for f in self.features if f not in present]
+        if missing:
+            raise KeyError(
+                f"rule {self.name!r} needs indicator column(s) {', '.join(missing)}, missing "
+                f"from the table (it has: {', '.join(sorted(present)) or 'no columns'})"
+            )
+        return {f: np.asarray(getter(f), dtype="float64") for f in self.features}
+
+    def linear_predictor(self, table: Any) -> np.ndarray:
+        """The rule's value on the target scale (log loss for a log target); NaN where a value is NaN."""
+        cols = self._columns(table)
+        if not cols:  # an intercept-only rule: one value per row of the table
+            n = len(table) if hasattr(table, "index") else len(next(iter(table.values()), [0]))
+            return np.full(n, self.intercept)
+        total = np.full(np.broadcast(*cols.values()).shape, self.intercept, dtype="float64")
+        for name, values in cols.items():
+            total = total + self.coefficients[name] * values
+        return total
+
+    def predict(self, table: Any) -> np.ndarray:
+        """Predicted evaluation loss per row (exp of the linear predictor for a log target)."""
+        eta = self.linear_predictor(table)
+        return np.exp(eta) if self.target_transform == "log" else eta
+
+    def formula(self, digits: int = 5) -> str:
+        """The rule as one readable line, e.g. `log(eval_loss) = 1.07 - 0.15·reward`."""
+        lhs = f"log({self.target})" if self.target_transform == "log" else self.target
+        parts = [f"{self.intercept:.{digits}g}"]
+        for name, coef in self.coefficients.items():
+            sign = "-" if coef < 0 else "+"
+            parts.append(f"{sign} {abs(coef):.{digits}g}·{name}")
+        return f"{lhs} = {' '.join(parts)}"
+
+    # --- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of the rule."""
+        return {
+            "kind": _KIND,
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "target": self.target,
+            "target_transform": self.target_transform,
+            "intercept": self.intercept,
+            "coefficients": dict(self.coefficients),
+            "indicators": {k: dict(v) for k, v in self.indicators.items()},
+            "standardization": self.standardization,
+            "statistics": self.statistics,
+            "selection": self.selection,
+            "provenance": self.provenance,
+            "notes": self.notes,
+            "citation": self.citation,
+        }
+
+    def to_json(self) -> str:
+        """The rule as JSON text (NaN written as null)."""
+        return json.dumps(_nan_to_none(self.to_dict()), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Rule:
+        """Build a rule from its JSON document; ValueError names what is wrong."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a rule must be a JSON object")
+        if data.get("kind", _KIND) != _KIND:
+            raise ValueError(f"not a rule (kind {data.get('kind')!r})")
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise ValueError("the rule has no integer 'schema_version'")
+        if version > SCHEMA_VERSION:
+            raise ValueError(
+                f"rule schema_version {version} is newer than this package reads "
+                f"({SCHEMA_VERSION}); upgrade instructmining"
+            )
+        missing = [k for k in ("name", "intercept", "coefficients") if k not in data]
+        if missing:
+            raise ValueError(f"the rule lacks field(s) {', '.join(missing)}")
+        coefficients = data["coefficients"]
+        if not isinstance(coefficients, Mapping):
+            raise ValueError("'coefficients' must be an object of indicator name to number")
+        indicators = data.get("indicators") or {}
+        return cls(
+            name=str(data["name"]),
+            intercept=float(data["intercept"]),
+            coefficients=_floats(coefficients),
+            target=str(data.get("target", "eval_loss")),
+            target_transform=str(data.get("target_transform", "log")),
+            indicators={str(k): dict(v) for k, v in indicators.items()},
+            standardization=data.get("standardization"),
+            statistics=dict(data.get("statistics") or {}),
+            selection=dict(data.get("selection") or {}),
+            provenance=dict(data.get("provenance") or {}),
+            notes=str(data.get("notes", "")),
+            citation=str(data.get("citation", "")),
+            schema_version=version,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Rule:
+        """Parse a rule from JSON text."""
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the rule as JSON, atomically; refuses to replace a file unless `overwrite`."""
+        from instructmining.writers import atomic_path
+
+        target = Path(path)
+        if target.exists() and not overwrite:
+            from instructmining.errors import OutputExistsError
+
+            raise OutputExistsError(f"{target}: exists already; pass --overwrite to replace it")
+        if not target.parent.exists():
+            from instructmining.errors import InstructMiningError
+
+            raise InstructMiningError(f"{target.parent}: the output folder does not exist")
+        with atomic_path(target) as tmp:
+            tmp.write_text(self.to_json(), encoding="utf-8")
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path) -> Rule:
+        """Read a rule file; DataError names the file and the problem."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError("no such rule file", path=p) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read the rule: {exc}", path=p) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON ({exc.msg})", path=p, line=exc.lineno) from None
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DataError(f"not a valid rule: {exc}", path=p) from None
+
+    # --- display -------------------------------------------------------------------
+    def coefficient_rows(self) -> list[dict[str, Any]]:
+        """One row per term: estimate, standard error, p-value, 95% interval (when fitted here)."""
+        table = self.statistics.get("coefficients", {})
+        rows = []
+        for term, estimate in [("intercept", self.intercept), *self.coefficients.items()]:
+            stats = table.get(term, {})
+            rows.append(
+                {
+                    "term": term,
+                    "estimate": estimate,
+                    "std_error": stats.get("std_error"),
+                    "p_value": stats.get("p_value"),
+                    "ci_low": stats.get("ci_low"),
+                    "ci_high": stats.get("ci_high"),
+                    "standardized": _standardized(self.standardization, term),
+                }
+            )
+        # leave out columns this rule has no values for (a published rule has estimates only)
+        empty = [k for k in rows[0] if all(r[k] is None for r in rows)]
+        return [{k: v for k, v in r.items() if k not in empty} for r in rows]
+
+    def summary(self) -> str:
+        """A plain-text description: formula, coefficient table, fit statistics, notes."""
+        lines = [f"Rule {self.name} (schema {self.schema_version})", self.formula(), ""]
+        lines.append(_text_table(self.coefficient_rows()))
+        stats = self.statistics
+        shown = [
+            (k, stats[k])
+            for k in ("n", "r2", "adj_r2", "f_pvalue", "aic", "bic", "loo_rmse", "kfold_rmse")
+            if stats.get(k) is not None
+        ]
+        if shown:
+            lines.append("")
+            lines.append("  ".join(f"{k}={_fmt(v)}" for k, v in shown))
+        lines.append("")
+        lines.append("Indicators:")
+        for name in self.features:
+            params = ", ".join(
+                f"{k}={v}" for k, v in self.indicators.get(name, {}).items() if k != "name"
+            )
+            lines.append(f"  {name}: {params or '(name only; settings not recorded)'}")
+        lines.append("Lower predicted loss is better.")
+        for label, text in (("Notes", self.notes), ("Citation", self.citation)):
+            if text:
+                lines.append(f"{label}: {text}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{escape(_fmt(row[k]))}</td>" for k in row) + "</tr>"
+            for row in self.coefficient_rows()
+        )
+        head = "".join(
+            f"<th>{escape(k)}</th>" for k in self.coefficient_rows()[0]
+        )  # there is always the intercept row
+        notes = f"<p>{escape(self.notes)}</p>" if self.notes else ""
+        return (
+            f"<div><b>Rule {escape(self.name)}</b><br><code>{escape(self.formula())}</code>"
+            f"<table><tr>{head}</tr>{rows}</table>{notes}</div>"
+        )
+
+
+def _standardized(block: Mapping[str, Any] | None, term: str) -> float | None:
+    if not block:
+        return None
+    if term == "intercept":
+        return block.get("intercept")
+    return block.get("coefficients", {}).get(term)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "nan"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _text_table(rows: Sequence[Mapping[Any, Any]]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [keys, *[[_fmt(r[k]) for k in keys] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
+    out = []
+    for j, row in enumerate(cells):
+        out.append(
+            "  ".join(
+                c.rjust(w) if j and i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, np.generic):
+        return _nan_to_none(value.item())
+    return value
