@@ -12,20 +12,52 @@ from instructmining.cli.options import map_option, on_error_option, overwrite_op
 
 @click.command("indicators")
 def indicators_command() -> None:
-    """List the registered indicators: name, what it measures, whether it needs a model."""
+    """List the registered indicators: name, backends, whether the paper's backend needs a model.
+
+    The offline profile (the default of `score`) computes every indicator whose
+    listed backends include one that needs no downloaded weights.
+    """
+    from instructmining.indicators.profiles import OFFLINE_INDICATORS, PAPER_MODELS
     from instructmining.indicators.registry import registered
 
     classes = registered()
-    width = max(len(n) for n in classes)
-    click.echo(f"{'name'.ljust(width)}  model  measures")
+    rows = []
     for name, cls in sorted(classes.items()):
-        flag = "yes" if cls.needs_model else "no"
-        click.echo(f"{name.ljust(width)}  {flag.ljust(5)}  {cls.description}")
+        backends = ", ".join(cls.backends) if cls.backends else _default_backend(cls)
+        model = "yes" if cls.needs_model else "no"
+        offline = "yes" if name in OFFLINE_INDICATORS else "no"
+        rows.append((name, model, offline, backends, cls.description))
+    widths = [
+        max(len(r[i]) for r in [("name", "model", "offline", "backends", ""), *rows])
+        for i in range(4)
+    ]
+    header = ("name", "model", "offline", "backends")
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  measures")
+    for row in rows:
+        click.echo(
+            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + f"  {row[4]}"
+        )
+    click.echo(
+        "\nmodel: downloaded weights for the paper's backend; offline: in the default profile."
+        "\nPaper checkpoints (--profile paper; set one with --model KEY=PATH, "
+        "KEY = indicator or 'unieval'):"
+    )
+    for name, spec in PAPER_MODELS.items():
+        click.echo(f"  {name}: {spec}")
 
 
-def _split_names(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+def _default_backend(cls: Any) -> str:
+    try:
+        return str(cls().backend)
+    except Exception:  # a plugin that cannot be built without settings
+        return "?"
+
+
+def _split_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
     from instructmining.indicators.registry import indicator_class
 
+    if value is None:
+        return None
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
         raise click.BadParameter("give at least one indicator name", ctx, param)
@@ -35,6 +67,27 @@ def _split_names(ctx: click.Context, param: click.Parameter, value: str) -> list
         except KeyError as exc:
             raise click.BadParameter(str(exc.args[0]), ctx, param) from None
     return names
+
+
+def _parse_models(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, str]:
+    from instructmining.indicators.profiles import expand_models, model_keys
+
+    out: dict[str, str] = {}
+    for spec in value:
+        key, sep, path = spec.partition("=")
+        key, path = key.strip(), path.strip()
+        if not sep or not key or not path:
+            raise click.BadParameter(
+                f"{spec!r}: expected KEY=PATH with KEY one of {', '.join(model_keys())}", ctx, param
+            )
+        out[key] = path
+    try:
+        expand_models(out)
+    except KeyError as exc:
+        raise click.BadParameter(str(exc.args[0]), ctx, param) from None
+    return out
 
 
 @click.command("score")
@@ -50,11 +103,54 @@ def _split_names(ctx: click.Context, param: click.Parameter, value: str) -> list
     "-i",
     "--indicators",
     "names",
-    default="input_length,output_length",
-    show_default=True,
+    default=None,
     callback=_split_names,
-    help="Comma-separated indicator names (see `instructmining indicators`).",
+    help="Comma-separated indicator names (see `instructmining indicators`); "
+    "default: the profile's set.",
 )
+@click.option(
+    "--profile",
+    type=click.Choice(["offline", "paper"]),
+    default=None,
+    help="offline (default): every indicator that needs no downloaded weights; "
+    "paper: the paper's nine indicators and checkpoints.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    callback=_parse_models,
+    metavar="KEY=PATH",
+    help="Checkpoint (local path or hub id) for one indicator, e.g. --model reward=/ckpt; "
+    "'unieval' sets naturalness, coherence and understandability; repeatable.",
+)
+@click.option(
+    "--device",
+    default=None,
+    metavar="auto|cpu|cuda[:N]",
+    help="Where models run (default auto: a GPU if visible).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Model batch size.")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Truncate model inputs to this many tokens (truncations are counted and reported).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    default=None,
+    help="Model weights' dtype (auto: bf16 on a GPU that supports it, else fp32).",
+)
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Score cache (SQLite); default $INSTRUCTMINING_CACHE or ./.instructmining/cache.sqlite.",
+)
+@click.option("--no-cache", is_flag=True, help="Compute everything; read and write no cache.")
 @click.option("--keep-fields", is_flag=True, help="Also write every field of the input records.")
 @map_option
 @on_error_option
@@ -63,7 +159,15 @@ def _split_names(ctx: click.Context, param: click.Parameter, value: str) -> list
 def score_command(
     data: Path,
     output: Path,
-    names: list[str],
+    names: list[str] | None,
+    profile: str | None,
+    models: dict[str, str],
+    device: str | None,
+    batch_size: int | None,
+    max_length: int | None,
+    dtype: str | None,
+    cache_path: Path | None,
+    no_cache: bool,
     keep_fields: bool,
     field_map: dict[str, str],
     on_error: Any,
@@ -77,20 +181,46 @@ def score_command(
     ShareGPT and HH-RLHF layouts are recognised; use --map for anything else.
     A summary is printed and written to OUTPUT.summary.json.
     """
+    from instructmining.indicators.cache import default_cache_path
     from instructmining.indicators.engine import format_summary, score_file
     from instructmining.progress import progress_enabled
 
+    if no_cache and cache_path is not None:
+        raise click.UsageError("--cache and --no-cache exclude each other")
+    if device is not None and not (
+        device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:")
+    ):
+        raise click.BadParameter(f"{device!r}: use auto, cpu or cuda[:N]", param_hint="--device")
     report = score_file(
         data,
         output,
         indicators=names,
+        profile=profile,
+        models=models or None,
+        device=device,
+        batch_size=batch_size,
+        max_length=max_length,
+        dtype=dtype,
+        cache=None if no_cache else (cache_path or default_cache_path()),
         field_map=field_map or None,
         on_error=on_error,
         keep_fields=keep_fields,
         overwrite=overwrite,
         progress=progress_enabled(quiet),
     )
-    click.echo(f"{report.n_records} records ({report.schema}) scored -> {report.output}")
+    click.echo(
+        f"{report.n_records} records ({report.schema}) scored -> {report.output} "
+        f"[profile {report.profile}, {report.seconds:.1f} s]"
+    )
     if report.rejects_path is not None:
         click.echo(f"skipped {report.n_rejects} rows; reasons in {report.rejects_path}", err=True)
+    for name, reason in report.left_out.items():
+        click.echo(f"left out {name}: {reason}")
+    computed = sum(r["computed"] for r in report.runs.values())
+    cached = sum(r["cached"] for r in report.runs.values())
+    if report.cache is not None:
+        click.echo(f"cache {report.cache}: {cached} scores reused, {computed} computed")
+    for name, run in report.runs.items():
+        if run["truncated"]:
+            click.echo(f"{name}: {run['truncated']} records truncated at the maximum length")
     click.echo(format_summary(report.summary))

@@ -4,6 +4,19 @@ An indicator stores its settings in a keyword-only constructor and does no I/O
 there; models load lazily on first `score`. `params()` returns everything needed
 to rebuild exactly the same configuration (a Rule stores it), and `key()` is a
 stable hash of it used to cache scores.
+
+Conventions the engine relies on:
+
+- `runtime_settings` names settings that change how fast or where scoring runs
+  but not the values (`device`, `batch_size`): they are left out of `params()`
+  and `key()`, so a score cached on a GPU is reused on a CPU.
+- Attributes ending in `_` are state set by `score` (never settings). After
+  `score`, a model-backed indicator sets `truncated_` (how many of the records
+  it was given were cut at `max_length`) and, where it can, `truncated_mask_`
+  (a boolean array, one per record) so that the cache can remember which ones.
+- A dataset-level indicator (`dataset_level`, or `set_dependent()` for one
+  configuration) is scored on the whole set in one call; its cached scores are
+  keyed by a fingerprint of that set as well.
 """
 
 from __future__ import annotations
@@ -37,6 +50,10 @@ class Indicator(abc.ABC):
     #: version of the scoring code; bump it when the computation changes so that
     #: cached scores of the old code are not reused.
     version: ClassVar[int] = 1
+    #: settings that do not change the values (where and how fast): not in params()/key().
+    runtime_settings: ClassVar[tuple[str, ...]] = ()
+    #: the backends this class can use, for listings; empty means "ask an instance".
+    backends: ClassVar[tuple[str, ...]] = ()
 
     @property
     def backend(self) -> str:
@@ -49,22 +66,48 @@ class Indicator(abc.ABC):
         return (self.name,)
 
     def settings(self) -> dict[str, Any]:
-        """Constructor settings (public attributes), JSON-serialisable."""
-        return {k: v for k, v in sorted(vars(self).items()) if not k.startswith("_")}
+        """Constructor settings (public attributes, not fitted `*_` state), JSON-serialisable."""
+        return {
+            k: v
+            for k, v in sorted(vars(self).items())
+            if not k.startswith("_") and not k.endswith("_")
+        }
 
     def params(self) -> dict[str, Any]:
-        """Full configuration: name, backend, code version and settings."""
+        """Full configuration that fixes the values: name, backend, code version, settings.
+
+        Runtime-only settings (`runtime_settings`) are left out.
+        """
         return {
             "name": self.name,
             "backend": self.backend,
             "version": self.version,
-            **self.settings(),
+            **{k: v for k, v in self.settings().items() if k not in self.runtime_settings},
         }
 
     def key(self) -> str:
         """Stable hash of `params()`: scores with equal keys are interchangeable."""
         blob = json.dumps(self.params(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def set_dependent(self) -> bool:
+        """True when a record's value depends on the other records scored with it."""
+        return self.dataset_level
+
+    def fingerprints(self) -> dict[str, str]:
+        """Content hashes of files this configuration reads besides the records (cache keys).
+
+        The default covers a `model` or `reference` setting that is a local path, so
+        that a checkpoint or reference file replaced in place is not served stale scores.
+        """
+        out: dict[str, str] = {}
+        for attr in ("model", "reference"):
+            value = getattr(self, attr, None)
+            if isinstance(value, str) and value:
+                digest = path_fingerprint(value)
+                if digest is not None:
+                    out[attr] = digest
+        return out
 
     @abc.abstractmethod
     def score(self, records: Sequence[Record]) -> np.ndarray:
@@ -73,3 +116,24 @@ class Indicator(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return f"{type(self).__name__}({args})"
+
+
+def path_fingerprint(spec: str) -> str | None:
+    """Hash of a local file or folder (names, sizes, modification times); None if not a path.
+
+    Cheap on multi-gigabyte checkpoints (no file is read) and changes whenever a
+    file is rewritten.
+    """
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(
+            f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+        )
+    return h.hexdigest()[:16]

@@ -1,9 +1,23 @@
-"""The scoring engine: run indicators over records and summarise the results."""
+"""The scoring engine: run indicators over records, cache every score, summarise the results.
+
+Scores are cached by (indicator configuration, record) in a `ScoreCache`
+(SQLite, one transaction per batch). Record-level indicators run in fixed
+chunks of the input order and each chunk is committed as it finishes, so a run
+killed at any point resumes with the first unfinished chunk and computes it
+with exactly the same records as an uninterrupted run would: the final output
+is identical. Dataset-level indicators run on the whole set in one call; their
+scores are keyed by a fingerprint of the set as well. Nothing here is global:
+an indicator is rebuilt from `params()` and the cache is a file, so batches can
+be scored by independent workers sharing the cache.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +25,14 @@ import numpy as np
 
 from instructmining.errors import InstructMiningError
 from instructmining.indicators.base import Indicator
+from instructmining.indicators.cache import ScoreCache
 from instructmining.indicators.registry import create
 from instructmining.progress import progress_bar
 from instructmining.readers import OnError, read_records
 from instructmining.records import Record
 from instructmining.writers import check_output, rejects_path, write_json, write_rows
 
-CHUNK = 2048  # records per call for record-level indicators: keeps progress moving
+CHUNK = 2048  # records per call and per cache commit for record-level indicators
 
 
 def resolve(indicators: Sequence[str | Indicator]) -> list[Indicator]:
@@ -30,32 +45,165 @@ def resolve(indicators: Sequence[str | Indicator]) -> list[Indicator]:
     return built
 
 
+def record_keys(records: Sequence[Record]) -> list[str]:
+    """Cache key of each record: its id plus a hash of its content.
+
+    A record edited under the same id gets a new key, so it is rescored.
+    """
+    return [
+        hashlib.sha256(
+            json.dumps([r.id, r.instruction, r.input, r.output], ensure_ascii=False).encode()
+        ).hexdigest()[:24]
+        for r in records
+    ]
+
+
+def set_fingerprint(keys: Sequence[str]) -> str:
+    """Order-independent hash of a multiset of record keys."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:24]
+
+
+def cache_key(ind: Indicator, keys: Sequence[str]) -> str:
+    """The key an indicator's scores of these records are cached under."""
+    parts: dict[str, Any] = {"params": ind.key(), "files": ind.fingerprints()}
+    if ind.set_dependent():
+        parts["set"] = set_fingerprint(keys)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class IndicatorRun:
+    """What scoring one indicator did: values computed vs served from the cache, time, truncation."""
+
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    truncated: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for JSON summaries)."""
+        rate = self.computed / self.seconds if self.computed and self.seconds > 0 else None
+        return {
+            "computed": self.computed,
+            "cached": self.cached,
+            "seconds": round(self.seconds, 4),
+            "records_per_s": None if rate is None else round(rate, 1),
+            "truncated": self.truncated,
+        }
+
+
+def _open_cache(cache: str | Path | ScoreCache | None) -> tuple[ScoreCache | None, bool]:
+    if cache is None or isinstance(cache, ScoreCache):
+        return cache, False
+    return ScoreCache(cache), True
+
+
 def score(
     records: Sequence[Record],
-    indicators: Sequence[str | Indicator] = ("input_length", "output_length"),
+    indicators: Sequence[str | Indicator] | None = None,
     *,
+    cache: str | Path | ScoreCache | None = None,
     progress: bool = False,
+    chunk_size: int = CHUNK,
 ) -> Any:
-    """Score `records` with `indicators`; a DataFrame with `id` and one column per output."""
+    """Score `records`; a DataFrame with `id` and one column per indicator.
+
+    `indicators`: names or objects (default: the offline profile). `cache`: path
+    of a score store (or a ScoreCache), None for no caching. The frame's
+    `attrs["indicators"]` holds each indicator's params and `attrs["runs"]`
+    what each run computed or took from the cache.
+    """
     import pandas as pd
 
-    built = resolve(indicators)
+    if indicators is None:
+        from instructmining.indicators.profiles import build
+
+        built = build("offline").indicators
+    else:
+        built = resolve(indicators)
+    if chunk_size < 1:
+        raise ValueError(f"The 'chunk_size' parameter of score must be >= 1. Got {chunk_size}.")
+    store, owned = _open_cache(cache)
+    n = len(records)
+    keys = record_keys(records) if store is not None else []
     columns: dict[str, np.ndarray] = {"id": np.array([r.id for r in records], dtype=object)}
-    with progress_bar(len(records) * len(built), "scoring", enabled=progress) as bar:
-        for ind in built:
-            bar.set_postfix_str(ind.name)
-            if ind.dataset_level:
-                values = _check(ind, ind.score(records), len(records))
-                bar.update(len(records))
-            else:
-                parts = []
-                for start in range(0, len(records), CHUNK):
-                    chunk = records[start : start + CHUNK]
-                    parts.append(_check(ind, ind.score(chunk), len(chunk)))
-                    bar.update(len(chunk))
-                values = np.concatenate(parts) if parts else np.empty(0)
-            columns[ind.name] = values
-    return pd.DataFrame(columns)
+    runs: dict[str, IndicatorRun] = {}
+    try:
+        with progress_bar(n * len(built), "scoring", enabled=progress) as bar:
+            for ind in built:
+                bar.set_postfix_str(ind.name)
+                values, run = _score_one(ind, records, keys, store, chunk_size, bar)
+                columns[ind.name] = values
+                runs[ind.name] = run
+    finally:
+        if owned and store is not None:
+            store.close()
+    frame = pd.DataFrame(columns)
+    frame.attrs["indicators"] = {ind.name: ind.params() for ind in built}
+    frame.attrs["runs"] = {name: run.to_dict() for name, run in runs.items()}
+    return frame
+
+
+def _score_one(
+    ind: Indicator,
+    records: Sequence[Record],
+    keys: Sequence[str],
+    store: ScoreCache | None,
+    chunk_size: int,
+    bar: Any,
+) -> tuple[np.ndarray, IndicatorRun]:
+    n = len(records)
+    run = IndicatorRun()
+    start_time = time.perf_counter()
+    key = ""
+    if store is not None:
+        key = cache_key(ind, keys)
+        store.register(key, ind.name, {**ind.params(), "fingerprints": ind.fingerprints()})
+        found, values, truncated = store.get(key, keys)
+    else:
+        found = np.zeros(n, dtype=bool)
+        values = np.full(n, np.nan)
+        truncated = np.zeros(n, dtype=bool)
+    run.cached = int(found.sum())
+    if ind.set_dependent():
+        # the values depend on the whole set: all cached, or all computed in one call
+        if n and not found.all():
+            values = _check(ind, ind.score(records), n)
+            truncated, extra = _truncation(ind, n)
+            run.truncated += extra
+            run.computed, run.cached = n, 0
+            if store is not None:
+                store.put(key, keys, values, truncated)
+        bar.update(n)
+    else:
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            todo = np.nonzero(~found[start:stop])[0] + start
+            if len(todo):
+                part = [records[int(i)] for i in todo]
+                got = _check(ind, ind.score(part), len(part))
+                flags, extra = _truncation(ind, len(part))
+                values[todo] = got
+                truncated[todo] = flags
+                run.truncated += extra
+                run.computed += len(todo)
+                if store is not None:  # one transaction per chunk: a kill loses at most this one
+                    store.put(key, [keys[int(i)] for i in todo], got, flags)
+            bar.update(stop - start)
+    run.truncated += int(truncated.sum())
+    run.seconds = time.perf_counter() - start_time
+    return values, run
+
+
+def _truncation(ind: Indicator, n: int) -> tuple[np.ndarray, int]:
+    """(per-record truncation flags, truncations that could not be attributed to a record)."""
+    mask = getattr(ind, "truncated_mask_", None)
+    if mask is not None:
+        arr = np.asarray(mask, dtype=bool)
+        if arr.shape == (n,):
+            return arr, 0
+    count = getattr(ind, "truncated_", 0)
+    return np.zeros(n, dtype=bool), int(count or 0)
 
 
 def _check(ind: Indicator, values: Any, n: int) -> np.ndarray:
@@ -122,7 +270,7 @@ def rows_for_output(records: Sequence[Record], frame: Any, *, keep_fields: bool)
 
 @dataclass
 class ScoreReport:
-    """What `score_file` did: counts, where it wrote, and the per-indicator summary."""
+    """What `score_file` did: counts, where it wrote, the summary, what was left out and cached."""
 
     output: Path
     summary_path: Path
@@ -131,24 +279,87 @@ class ScoreReport:
     summary: dict[str, dict[str, float]]
     rejects_path: Path | None = None
     n_rejects: int = 0
+    profile: str | None = None
+    left_out: dict[str, str] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: Path | None = None
+    seconds: float = 0.0
+
+
+def plan_indicators(
+    indicators: Sequence[str | Indicator] | None = None,
+    *,
+    profile: str | None = None,
+    models: Mapping[str, str] | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    max_length: int | None = None,
+    dtype: str | None = None,
+) -> Any:
+    """The profile's `Plan` (indicators and left-out reasons); explicit objects are kept as given."""
+    from instructmining.indicators.profiles import Plan, build
+
+    runtime: dict[str, Any] = {
+        "device": device,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "dtype": dtype,
+    }
+    if indicators is not None and not all(isinstance(i, str) for i in indicators):
+        if models or profile or any(v is not None for v in runtime.values()):
+            raise ValueError(
+                "indicator objects carry their own settings; pass names to use profile/models"
+            )
+        return Plan("custom", resolve(indicators))
+    names = None if indicators is None else [str(i) for i in indicators]
+    if names is not None:
+        dupes = sorted({x for x in names if names.count(x) > 1})
+        if dupes:
+            raise ValueError(f"indicators: {', '.join(dupes)} given more than once")
+    return build(profile, names=names, models=models, **runtime)
 
 
 def score_file(
     data: str | Path,
     output: str | Path,
     *,
-    indicators: Sequence[str | Indicator] = ("input_length", "output_length"),
+    indicators: Sequence[str | Indicator] | None = None,
+    profile: str | None = None,
+    models: Mapping[str, str] | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    max_length: int | None = None,
+    dtype: str | None = None,
+    cache: str | Path | None = None,
     field_map: str | dict[str, str] | None = None,
     on_error: OnError = "raise",
     keep_fields: bool = False,
     overwrite: bool = False,
     progress: bool = False,
 ) -> ScoreReport:
-    """Read `data`, score every record, write `output` and `output.summary.json` atomically."""
+    """Read `data`, score every record, write `output` and `output.summary.json` atomically.
+
+    Indicators: `indicators` (names or objects), else the `profile` ("offline"
+    by default, or "paper"); `models` sets checkpoints by indicator name or
+    "unieval"; device/batch_size/max_length/dtype go to every indicator taking
+    them. `cache`: score store path (None: no cache).
+    """
+    began = time.perf_counter()
     out = check_output(output, overwrite=overwrite, inputs=[data])
-    built = resolve(indicators)
+    plan = plan_indicators(
+        indicators,
+        profile=profile,
+        models=models,
+        device=device,
+        batch_size=batch_size,
+        max_length=max_length,
+        dtype=dtype,
+    )
+    built = plan.indicators
+    if not built:
+        raise InstructMiningError("no indicator to compute; see `instructmining indicators`")
     result = read_records(data, field_map=field_map, on_error=on_error)
-    frame = score(result.records, built, progress=progress)
+    frame = score(result.records, built, cache=cache, progress=progress)
     rejects = None
     if result.rejects:
         rejects = rejects_path(out)
@@ -161,17 +372,33 @@ def score_file(
     )
     cols = [c for ind in built for c in ind.columns]
     summary = summarize(frame, cols)
+    runs = dict(frame.attrs.get("runs", {}))
     summary_path = write_json(
         {
             "source": str(data),
             "schema": result.schema,
             "records": len(result.records),
             "rejected": len(result.rejects),
+            "profile": plan.profile,
             "indicators": {ind.name: ind.params() for ind in built},
+            "left_out": plan.left_out,
             "summary": summary,
+            "runs": runs,
+            "cache": None if cache is None else str(cache),
         },
         out.with_name(out.name + ".summary.json"),
     )
     return ScoreReport(
-        out, summary_path, len(result.records), result.schema, summary, rejects, len(result.rejects)
+        out,
+        summary_path,
+        len(result.records),
+        result.schema,
+        summary,
+        rejects,
+        len(result.rejects),
+        profile=plan.profile,
+        left_out=plan.left_out,
+        runs=runs,
+        cache=None if cache is None else Path(cache),
+        seconds=time.perf_counter() - began,
     )

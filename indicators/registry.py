@@ -27,9 +27,23 @@ def register(cls: type[Indicator]) -> type[Indicator]:
     return cls
 
 
+_BUILTIN_MODULES = ("length", "mtld", "knn", "perplexity")
+# model-backed modules written in parallel; skipped while they do not exist yet
+_OPTIONAL_MODULES = ("reward", "unieval")
+
+
 def _load_builtins() -> None:
     # Importing the modules runs their @register decorators; they import nothing heavy.
-    from instructmining.indicators import length  # noqa: F401
+    import importlib
+
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"instructmining.indicators.{module}")
+    for module in _OPTIONAL_MODULES:
+        try:
+            importlib.import_module(f"instructmining.indicators.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"instructmining.indicators.{module}":
+                raise
 
 
 def _load_plugins() -> None:

@@ -1,0 +1,181 @@
+"""A local store of computed scores, keyed by (indicator configuration, record).
+
+SQLite in write-ahead-log mode: every batch of scores is one transaction, so a
+process killed at any moment (kill -9 included) leaves either the whole batch or
+none of it, and a rerun recomputes exactly the batches that were not committed.
+Readers never block the writer and several processes (workers) can share one
+file; writes are serialised by SQLite's lock with a busy timeout. Python ships
+sqlite3, so the store needs no extra dependency, and values round-trip as the
+same 8-byte doubles, so cached and freshly computed outputs are bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CACHE_ENV = "INSTRUCTMINING_CACHE"
+DEFAULT_CACHE = Path(".instructmining") / "cache.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS configs (
+    key TEXT PRIMARY KEY,
+    indicator TEXT NOT NULL,
+    params TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    key TEXT NOT NULL,
+    record TEXT NOT NULL,
+    value REAL,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key, record)
+) WITHOUT ROWID;
+"""
+
+
+def default_cache_path() -> Path:
+    """`$INSTRUCTMINING_CACHE`, else `./.instructmining/cache.sqlite`."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else DEFAULT_CACHE
+
+
+class ScoreCache:
+    """Scores by (key, record key) in one SQLite file; one commit per `put`.
+
+    NaN is stored as SQL NULL and read back as NaN.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
+        self.path = Path(path).expanduser()
+        self.timeout = timeout
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
+            # WAL: a commit is durable and atomic without blocking readers; NORMAL sync
+            # keeps every committed batch across a process kill (only an OS crash can
+            # lose the last transactions, never corrupt the file).
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                conn.close()
+                raise ValueError(
+                    f"{self.path}: score cache schema {row[0]}, this version reads "
+                    f"{SCHEMA_VERSION}; delete the file or pass another --cache"
+                )
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection (it reopens on the next call)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ScoreCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register(self, key: str, indicator: str, params: dict[str, Any]) -> None:
+        """Remember which configuration a key stands for (for inspection; idempotent)."""
+        self._connect().execute(
+            "INSERT OR IGNORE INTO configs VALUES (?, ?, ?, ?)",
+            (key, indicator, json.dumps(params, sort_keys=True, default=str), time.time()),
+        )
+
+    def get(self, key: str, records: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(found mask, values, truncated mask) for `records` under `key`."""
+        n = len(records)
+        found = np.zeros(n, dtype=bool)
+        values = np.full(n, np.nan)
+        truncated = np.zeros(n, dtype=bool)
+        if n == 0:
+            return found, values, truncated
+        conn = self._connect()
+        position: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            position.setdefault(r, []).append(i)
+        # a temporary table joined on the primary key: one query whatever the number of ids
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (record TEXT PRIMARY KEY)")
+        conn.execute("BEGIN")
+        try:
+            conn.execute("DELETE FROM wanted")
+            conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((r,) for r in position))
+            rows = conn.execute(
+                "SELECT s.record, s.value, s.truncated FROM scores s "
+                "JOIN wanted w ON s.record = w.record WHERE s.key = ?",
+                (key,),
+            ).fetchall()
+            conn.execute("DELETE FROM wanted")
+        finally:
+            conn.execute("COMMIT")
+        for record, value, trunc in rows:
+            for i in position[record]:
+                found[i] = True
+                values[i] = np.nan if value is None else value
+                truncated[i] = bool(trunc)
+        return found, values, truncated
+
+    def put(
+        self,
+        key: str,
+        records: Sequence[str],
+        values: Iterable[float],
+        truncated: Iterable[bool] | None = None,
+    ) -> None:
+        """Store one batch in a single transaction (all of it or, after a crash, none)."""
+        vals = [None if v != v else float(v) for v in values]  # NaN -> NULL
+        flags = [0] * len(vals) if truncated is None else [int(bool(t)) for t in truncated]
+        if not (len(records) == len(vals) == len(flags)):
+            raise ValueError("put: records, values and truncated differ in length")
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)",
+                zip([key] * len(vals), records, vals, flags, strict=True),
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def count(self, key: str | None = None) -> int:
+        """Number of stored scores (under `key`, or in all)."""
+        conn = self._connect()
+        if key is None:
+            return int(conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+        return int(conn.execute("SELECT COUNT(*) FROM scores WHERE key=?", (key,)).fetchone()[0])
+
+    def configs(self) -> list[dict[str, Any]]:
+        """Every configuration stored: key, indicator, params and number of scores."""
+        conn = self._connect()
+        rows = conn.execute(
+            "SELECT c.key, c.indicator, c.params, COUNT(s.record) FROM configs c "
+            "LEFT JOIN scores s ON s.key = c.key GROUP BY c.key ORDER BY c.created"
+        ).fetchall()
+        return [
+            {"key": k, "indicator": name, "params": json.loads(p), "scores": n}
+            for k, name, p, n in rows
+        ]
