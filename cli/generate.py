@@ -84,6 +84,13 @@ def _split_words(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="Retries on 429/5xx/timeouts, with exponential backoff.",
 )
 @click.option(
+    "--backoff",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds before the first retry; doubles on each retry (60 s at most).",
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     default=8,
@@ -163,6 +170,7 @@ def generate_command(
     api_key_env: str,
     timeout: float,
     max_retries: int,
+    backoff: float,
     concurrency: int,
     device: str,
     dtype: str,
@@ -209,6 +217,7 @@ def generate_command(
         api_key_env=api_key_env,
         timeout=timeout,
         max_retries=max_retries,
+        backoff=backoff,
         concurrency=concurrency,
         device=device,
         dtype=dtype,

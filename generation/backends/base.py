@@ -125,6 +125,7 @@ def create_backend(
     api_key_env: str = "OPENAI_API_KEY",
     timeout: float = 60.0,
     max_retries: int = 6,
+    backoff: float = 1.0,
     concurrency: int = 8,
     device: str = "auto",
     dtype: str = "auto",
@@ -145,6 +146,7 @@ def create_backend(
             api_key=os.environ.get(api_key_env),
             timeout=timeout,
             max_retries=max_retries,
+            backoff=backoff,
             concurrency=concurrency,
         )
     from instructmining.generation.backends.hf_local import HFBackend
