@@ -92,14 +92,16 @@ class Rule:
                 f"rule {self.name!r} needs indicator column(s) {', '.join(missing)}, missing "
                 f"from the table (it has: {', '.join(sorted(present)) or 'no columns'})"
             )
-        return {f: np.asarray(getter(f), dtype="float64") for f in self.features}
+        return {f: np.atleast_1d(np.asarray(getter(f), dtype="float64")) for f in self.features}
 
     def linear_predictor(self, table: Any) -> np.ndarray:
         """The rule's value on the target scale (log loss for a log target); NaN where a value is NaN."""
         cols = self._columns(table)
         if not cols:  # an intercept-only rule: one value per row of the table
-            n = len(table) if hasattr(table, "index") else len(next(iter(table.values()), [0]))
-            return np.full(n, self.intercept)
+            if hasattr(table, "index"):
+                return np.full(len(table), self.intercept)
+            first = next(iter(table.values()), 0.0)
+            return np.full(np.atleast_1d(np.asarray(first)).shape[0], self.intercept)
         total = np.full(np.broadcast(*cols.values()).shape, self.intercept, dtype="float64")
         for name, values in cols.items():
             total = total + self.coefficients[name] * values
