@@ -7,7 +7,8 @@
 Self-Instruct found verbs and objects with a constituency parser. No parser model
 can be downloaded here, so this report uses a stated heuristic (see `leading_verb`):
 the first word of an imperative instruction is its verb, and the first word after it
-that is not a determiner, pronoun, quantifier or common adjective is its object.
+that is not a determiner, pronoun, quantifier or common adjective is its object
+(none when a preposition, conjunction or question word comes first).
 """
 
 from __future__ import annotations
@@ -27,151 +28,32 @@ HEURISTIC = (
     "leading verb = the instruction's first word (after 'please', 'now', 'then'), "
     "unless it is a question word, pronoun, determiner, preposition or auxiliary "
     "(then the instruction is counted as 'not imperative'); object = the next word "
-    "that is not a determiner, pronoun, quantifier or common adjective. No parser."
+    "that is not a determiner, pronoun, quantifier or common adjective, unless a "
+    "preposition, conjunction or question word comes first (then none). No parser."
 )
 
 _LEAD_SKIP = frozenset({"please", "now", "then", "also", "kindly", "next"})
-_NOT_VERB = frozenset(
-    [
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "is",
-        "are",
-        "was",
-        "were",
-        "am",
-        "do",
-        "does",
-        "did",
-        "can",
-        "could",
-        "will",
-        "would",
-        "should",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "have",
-        "has",
-        "had",
-        "i",
-        "you",
-        "he",
-        "she",
-        "it",
-        "we",
-        "they",
-        "this",
-        "that",
-        "these",
-        "those",
-        "there",
-        "here",
-        "a",
-        "an",
-        "the",
-        "in",
-        "on",
-        "at",
-        "for",
-        "from",
-        "of",
-        "to",
-        "by",
-        "with",
-        "without",
-        "if",
-        "as",
-        "given",
-        "based",
-        "my",
-        "your",
-        "our",
-        "their",
-        "its",
-        "his",
-        "her",
-        "suppose",
-        "imagine",
-        "assume",
-        "according",
-    ]
+
+
+def _wordset(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_NOT_VERB = _wordset(
+    """what which who whom whose when where why how is are was were am do does did can could
+    will would should shall may might must have has had i you he she it we they this that these
+    those there here a an the in on at for from of to by with without if as given based my your
+    our their its his her suppose imagine assume according"""
 )
-_NOT_OBJECT = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "me",
-        "us",
-        "him",
-        "her",
-        "them",
-        "it",
-        "this",
-        "that",
-        "these",
-        "those",
-        "some",
-        "any",
-        "my",
-        "your",
-        "our",
-        "their",
-        "its",
-        "his",
-        "following",
-        "given",
-        "each",
-        "every",
-        "all",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "few",
-        "several",
-        "many",
-        "new",
-        "short",
-        "brief",
-        "simple",
-        "good",
-        "different",
-        "creative",
-        "possible",
-        "more",
-        "most",
-        "other",
-        "another",
-        "same",
-        "such",
-        "up",
-        "out",
-        "down",
-        "about",
-        "into",
-        "for",
-        "of",
-        "to",
-        "with",
-        "on",
-        "in",
-        "at",
-        "from",
-        "by",
-        "and",
-        "or",
-    ]
+_NOT_OBJECT = _wordset(
+    """a an the me us him her them it this that these those some any my your our their its his
+    following given each every all one two three four five few several many new short brief
+    simple good different creative possible more most other another same such up out down"""
+)
+# a preposition, conjunction or question word before any noun: no direct object
+_END_OBJECT = _wordset(
+    """about into for of to with on in at from by and or how what why when where which who
+    whom whether if"""
 )
 _WORD = re.compile(r"[a-z][a-z'-]*")
 
@@ -184,8 +66,12 @@ def leading_verb(instruction: str) -> tuple[str | None, str | None]:
     if not words or words[0] in _NOT_VERB:
         return None, None
     verb = words[0]
-    obj = next((w for w in words[1:] if w not in _NOT_OBJECT), None)
-    return verb, obj
+    for word in words[1:]:
+        if word in _END_OBJECT:
+            break
+        if word not in _NOT_OBJECT:
+            return verb, word
+    return verb, None
 
 
 def _word_count(text: str) -> int:
@@ -237,6 +123,10 @@ def diversity_stats(
         "length_values": {"instruction": instr_len, "input": input_len, "output": output_len},
         "top_verbs": verbs.most_common(top),
         "top_verb_objects": [(v, o, c) for (v, o), c in pairs.most_common(top)],
+        "objects_by_verb": {
+            v: Counter({o: c for (pv, o), c in pairs.items() if pv == v}).most_common(4)
+            for v, _ in verbs.most_common(top)
+        },
         "distinct_verbs": len(verbs),
         "not_imperative": not_imperative,
         "verb_heuristic": HEURISTIC,
@@ -278,13 +168,17 @@ def write_report(
     ):
         values = s["length_values"][key]
         if values:
-            ax.hist(values, bins=min(30, max(5, len(set(values)))), color=color, edgecolor="white")
+            low, high = min(values), max(values)
+            # whole-word bins when the range is small, 30 bins otherwise
+            bins: Any = [b - 0.5 for b in range(low, high + 2)] if high - low <= 40 else 30
+            ax.hist(values, bins=bins, color=color, edgecolor="white")
         ax.set_title(f"{key} ({len(values)}{', non-empty' if key == 'input' else ''})")
         ax.set_xlabel("words")
     axes[0].set_ylabel("count")
     save(fig, "lengths.png")
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, max(3.0, 0.28 * top)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(3.0, 0.28 * top)))
+    fig.subplots_adjust(wspace=0.55)  # room for the verb → object labels
     verbs = s["top_verbs"][::-1]
     ax1.barh([v for v, _ in verbs], [c for _, c in verbs], color="#4c72b0")
     ax1.set_title("most common leading verbs")
@@ -328,11 +222,9 @@ def write_report(
         "| verb | tasks | top objects |",
         "|---|---|---|",
     ]
-    objects: dict[str, list[str]] = {}
-    for v, o, c in s["top_verb_objects"]:
-        objects.setdefault(v, []).append(f"{o} ({c})")
     for v, c in s["top_verbs"]:
-        lines.append(f"| {v} | {c} | {', '.join(objects.get(v, [])[:4])} |")
+        objects = ", ".join(f"{o} ({k})" for o, k in s["objects_by_verb"].get(v, []))
+        lines.append(f"| {v} | {c} | {objects} |")
     lines += ["", "![verbs](verbs.png)", ""]
     report = out / "report.md"
     with atomic_path(report) as tmp:
