@@ -243,9 +243,9 @@ def test_collinear_indicator_warns_and_keeps_the_earlier():
 
 def test_missing_and_non_numeric_columns():
     frame = table()
-    with pytest.raises(DataError, match="missing column.*nope"):
+    with pytest.raises(DataError, match=r"missing column.*nope"):
         fit_rule(frame, features=["reward", "nope"])
-    with pytest.raises(DataError, match="missing column.*loss"):
+    with pytest.raises(DataError, match=r"missing column.*loss"):
         fit_rule(frame, features=["reward"], loss="loss")
     with pytest.raises(DataError, match="'source' is not numeric"):
         fit_rule(frame, features=["reward", "source"])

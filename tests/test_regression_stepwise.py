@@ -1,5 +1,6 @@
 """Stepwise and best-subset selection: statsmodels agreement, a textbook answer, synthetic truth."""
 
+import itertools
 import math
 
 import numpy as np
@@ -123,7 +124,7 @@ def test_ic_path_values_decrease():
     X, y = synthetic(7)
     sel = select_features(X, y, direction="forward", criterion="aic")
     values = [s.value for s in sel.path]
-    assert all(b < a for a, b in zip(values, values[1:], strict=False))
+    assert all(b < a for a, b in itertools.pairwise(values))
     assert sel.path[0].features == () and math.isfinite(values[0])
 
 
