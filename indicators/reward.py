@@ -19,11 +19,14 @@ Input format (`template`) — each RM must read what it was trained on:
   template; else "pair".
 
 The prompt is `Record.prompt` (instruction, blank line, input). Past
-`max_length` tokens (capped at the model's position limit) the prompt is cut
-from the left, keeping its end next to the response; only when the prompt is
-used up is the response cut from the right. Cuts fall on token boundaries of the
-prompt or response tokenised alone; the template tokens are always kept.
-`truncated_` counts the records cut, `truncated_mask_` marks them.
+`max_length` tokens (capped at the model's position limit) the prompt and the
+response share what the template leaves: the prompt is cut from the left
+(keeping its end, next to the response) down to half of that room, and only
+then is the response cut from the right; so a long prompt never crowds out the
+response and a long response is still judged against the end of its prompt.
+Cuts fall on token boundaries of the prompt or response tokenised alone; the
+template's tokens are always kept. `truncated_` counts the records cut,
+`truncated_mask_` marks them.
 
 The OpenAssistant Pythia RMs declare `"model_type": "gpt_neox_reward_model"`,
 which transformers does not ship (OpenAssistant's training code defines it).
@@ -101,17 +104,40 @@ def oasst_model_class() -> Any:
     return _OASST_CLASS[0]
 
 
-def _cut_head(tokenizer: Any, text: str, n: int) -> str:
-    """`text` without its first `n` tokens (cut at a token's start offset)."""
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
-    return "" if n >= len(offsets) else text[offsets[n][0] :]
+def _offsets(tokenizer: Any, text: str) -> list[tuple[int, int]]:
+    return list(
+        tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    )
 
 
-def _cut_tail(tokenizer: Any, text: str, n: int) -> str:
-    """`text` without its last `n` tokens."""
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
-    keep = len(offsets) - n
-    return "" if keep <= 0 else text[: offsets[keep][0]]
+def keep_last_tokens(tokenizer: Any, text: str, k: int) -> str:
+    """The end of `text` that holds its last `k` tokens (cut at a token's start)."""
+    offsets = _offsets(tokenizer, text)
+    if k >= len(offsets):
+        return text
+    return "" if k <= 0 else text[offsets[len(offsets) - k][0] :]
+
+
+def keep_first_tokens(tokenizer: Any, text: str, k: int) -> str:
+    """The start of `text` that holds its first `k` tokens."""
+    offsets = _offsets(tokenizer, text)
+    if k >= len(offsets):
+        return text
+    return "" if k <= 0 else text[: offsets[k][0]]
+
+
+def split_budget(prompt: int, response: int, budget: int) -> tuple[int, int]:
+    """Tokens kept of (prompt, response) when they must share `budget` tokens.
+
+    The response is kept whole when the prompt can give way; the prompt gives way
+    down to half the budget (or its own length), so that a long response is
+    still judged against the end of its prompt.
+    """
+    if prompt + response <= budget:
+        return prompt, response
+    prompt_floor = min(prompt, budget // 2)
+    keep_response = min(response, budget - prompt_floor)
+    return min(prompt, budget - keep_response), keep_response
 
 
 @register
@@ -260,21 +286,35 @@ class Reward(Indicator):
         """Token ids of one record in `template`, cut to `limit` tokens (ids, truncated?)."""
         prompt, response = record.prompt, record.output
         ids = self._encode(tokenizer, template, prompt, response)
-        truncated = False
+        if len(ids) <= limit:
+            return ids, False
+        n_prompt, n_response = len(_offsets(tokenizer, prompt)), len(_offsets(tokenizer, response))
+        budget = limit - (len(ids) - n_prompt - n_response)  # what the template leaves
+        if budget <= 0:
+            raise ValueError(
+                f"The 'max_length' parameter of reward ({limit} within the model's limit) "
+                f"leaves no room beside the {template!r} template's own tokens; raise it."
+            )
+        keep_prompt, keep_response = split_budget(n_prompt, n_response, budget)
+        prompt = keep_last_tokens(tokenizer, prompt, keep_prompt)
+        response = keep_first_tokens(tokenizer, response, keep_response)
+        ids = self._encode(tokenizer, template, prompt, response)
+        # a template that merges tokens across a cut can leave a token or two over
         while len(ids) > limit:
-            truncated = True
             excess = len(ids) - limit
-            if prompt:
-                prompt = _cut_head(tokenizer, prompt, excess)
-            elif response:
-                response = _cut_tail(tokenizer, response, excess)
-            else:
+            n_prompt = len(_offsets(tokenizer, prompt))
+            n_response = len(_offsets(tokenizer, response))
+            if n_prompt == n_response == 0:
                 raise ValueError(
-                    f"The 'max_length' parameter of reward ({self.max_length}) is shorter than "
-                    f"the {template!r} template's own tokens ({len(ids)}); raise it."
+                    f"The 'max_length' parameter of reward ({limit}) is shorter than the "
+                    f"{template!r} template's own tokens ({len(ids)}); raise it."
                 )
+            if n_prompt >= n_response:
+                prompt = keep_last_tokens(tokenizer, prompt, n_prompt - excess)
+            else:
+                response = keep_first_tokens(tokenizer, response, n_response - excess)
             ids = self._encode(tokenizer, template, prompt, response)
-        return ids, truncated
+        return ids, True
 
     # --- scoring -------------------------------------------------------------------------
 

@@ -172,11 +172,13 @@ def build_reward_model(
     seed: int = 0,
     oasst_tokens: bool = True,
     chat_template: str | None = None,
+    num_labels: int = 1,
 ) -> Path:
     """A GPT-NeoX sequence classifier with one output (a reward head), like the OASST Pythia RMs.
 
     `oasst_tokens` writes <|prompter|>/<|assistant|> as special tokens of the tokenizer
-    (as the OpenAssistant checkpoints have); `chat_template` stores a Jinja chat template.
+    (as the OpenAssistant checkpoints have); `chat_template` stores a Jinja chat template;
+    `num_labels` other than 1 makes a classifier that is not a reward model.
     """
     from transformers import GPTNeoXConfig, GPTNeoXForSequenceClassification
 
@@ -200,7 +202,7 @@ def build_reward_model(
         num_attention_heads=2,
         intermediate_size=128,
         max_position_embeddings=128,
-        num_labels=1,
+        num_labels=num_labels,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
