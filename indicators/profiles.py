@@ -87,6 +87,8 @@ def expand_models(models: Mapping[str, str]) -> dict[str, str]:
 
 
 def _accepts(cls: type[Indicator], setting: str) -> bool:
+    if cls.__init__ is object.__init__:  # no settings at all
+        return False
     try:
         params = inspect.signature(cls.__init__).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without signatures

@@ -1,0 +1,197 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from instructmining.errors import InstructMiningError
+from instructmining.indicators import profiles
+from instructmining.indicators.base import Indicator
+from instructmining.indicators.cache import ScoreCache
+from instructmining.indicators.engine import cache_key, record_keys, score, score_file
+from instructmining.indicators.registry import create
+from instructmining.records import make_record
+
+
+class Counted(Indicator):
+    """Characters of the output; remembers every call (not registered)."""
+
+    name = "counted"
+    description = "output characters"
+
+    def __init__(self, *, scale: float = 1.0) -> None:
+        self.scale = scale
+        self._calls: list[int] = []
+
+    def score(self, records):
+        self._calls.append(len(records))
+        return np.array([len(r.output) * self.scale for r in records], dtype=np.float64)
+
+
+class SetMean(Counted):
+    """Output length minus the set's mean length: depends on the whole set."""
+
+    name = "set_mean"
+    dataset_level = True
+
+    def score(self, records):
+        self._calls.append(len(records))
+        n = np.array([len(r.output) for r in records], dtype=np.float64)
+        return n - n.mean()
+
+
+def _records(n, prefix="answer"):
+    return [make_record(f"task {i}", output=f"{prefix} {'x' * (i % 7)}") for i in range(n)]
+
+
+def test_second_run_is_served_from_the_cache(tmp_path):
+    records = _records(50)
+    path = tmp_path / "c.sqlite"
+    first_ind = Counted()
+    first = score(records, [first_ind, "output_length"], cache=path, chunk_size=16)
+    assert first_ind._calls == [16, 16, 16, 2]
+    assert first.attrs["runs"]["counted"]["computed"] == 50
+    again_ind = Counted()
+    again = score(records, [again_ind, "output_length"], cache=path, chunk_size=16)
+    assert again_ind._calls == []
+    assert again.attrs["runs"]["counted"] == {
+        **again.attrs["runs"]["counted"],
+        "computed": 0,
+        "cached": 50,
+    }
+    pd.testing.assert_frame_equal(first, again)
+    assert list(first.columns) == ["id", "counted", "output_length"]
+    assert first.attrs["indicators"]["counted"] == Counted().params()
+
+
+def test_only_missing_or_edited_records_are_computed(tmp_path):
+    path = tmp_path / "c.sqlite"
+    records = _records(20)
+    score(records[:12], [Counted()], cache=path)
+    edited = make_record(records[3].instruction, output="changed", id=records[3].id)
+    mixed = [*records[:3], edited, *records[4:]]
+    ind = Counted()
+    frame = score(mixed, [ind], cache=path)
+    assert ind._calls == [1 + 8]  # the edited record and the 8 never seen
+    assert frame["counted"].tolist() == [len(r.output) for r in mixed]
+
+
+def test_settings_change_the_key_runtime_settings_do_not(tmp_path):
+    path = tmp_path / "c.sqlite"
+    records = _records(5)
+    score(records, [Counted()], cache=path)
+    ind = Counted(scale=2.0)
+    frame = score(records, [ind], cache=path)
+    assert ind._calls == [5] and frame["counted"].iloc[1] == 2 * len(records[1].output)
+    a = create("perplexity", model="x", batch_size=1, device="cpu")
+    b = create("perplexity", model="x", batch_size=64, device="auto")
+    assert a.key() == b.key() and "device" not in a.params() and "batch_size" not in a.params()
+    assert a.key() != create("perplexity", model="x", max_length=16).key()
+
+
+def test_dataset_level_scores_are_keyed_by_the_set(tmp_path):
+    path = tmp_path / "c.sqlite"
+    records = _records(10)
+    ind = SetMean()
+    first = score(records, [ind], cache=path, chunk_size=3)
+    assert ind._calls == [10]  # never chunked
+    ind2 = SetMean()
+    score(records[::-1], [ind2], cache=path)
+    assert ind2._calls == []  # same set in another order: cached
+    ind3 = SetMean()
+    sub = score(records[:6], [ind3], cache=path)
+    assert ind3._calls == [6]  # another set: other values
+    assert not np.allclose(sub["set_mean"], first["set_mean"][:6])
+    keys = record_keys(records)
+    assert cache_key(SetMean(), keys) != cache_key(SetMean(), keys[:6])
+    assert cache_key(Counted(), keys) == cache_key(Counted(), keys[:6])
+
+
+def test_no_cache_recomputes_and_empty_input():
+    ind = Counted()
+    score(_records(4), [ind])
+    score(_records(4), [ind])
+    assert ind._calls == [4, 4]
+    frame = score([], ["input_length", "mtld", "knn6", "perplexity"], cache=None)
+    assert frame.shape == (0, 5)
+
+
+def test_default_indicators_are_the_offline_profile(tmp_path):
+    frame = score(_records(12), cache=ScoreCache(tmp_path / "c.sqlite"))
+    assert list(frame.columns) == ["id", *profiles.OFFLINE_INDICATORS]
+    assert frame.attrs["indicators"]["knn6"]["backend"] == "tfidf-svd"
+    assert frame.attrs["indicators"]["perplexity"]["backend"] == "ngram"
+    with pytest.raises(ValueError, match="given more than once"):
+        score(_records(2), ["mtld", "mtld"])
+
+
+def test_offline_profile_leaves_out_model_indicators_with_reasons():
+    plan = profiles.build()
+    assert plan.profile == "offline"
+    assert [i.name for i in plan.indicators] == list(profiles.OFFLINE_INDICATORS)
+    for name in ("reward", "naturalness", "coherence", "understandability"):
+        assert name in plan.left_out
+    assert "--model reward=PATH" in plan.left_out["reward"]
+    assert "--model unieval=PATH" in plan.left_out["coherence"]
+
+
+def test_model_overrides_and_unieval_key(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    plan = profiles.build(
+        models={"perplexity": str(ckpt), "knn6": str(ckpt)}, batch_size=3, device="cpu"
+    )
+    by_name = {i.name: i for i in plan.indicators}
+    assert by_name["perplexity"].backend == "causal-lm" and by_name["perplexity"].model == str(ckpt)
+    assert by_name["knn6"].backend == "sentence-transformers"
+    assert by_name["knn6"].batch_size == 3 and by_name["perplexity"].device == "cpu"
+    assert profiles.expand_models({"unieval": "U", "coherence": "C"}) == {
+        "naturalness": "U",
+        "coherence": "C",
+        "understandability": "U",
+    }
+    with pytest.raises(KeyError, match="unknown key; choose from"):
+        profiles.expand_models({"bogus": "x"})
+    with pytest.raises(KeyError, match="unknown profile"):
+        profiles.build("fast")
+
+
+def test_model_given_in_the_offline_profile_joins_it(tmp_path):
+    if "reward" not in profiles.registered():
+        pytest.skip("reward indicator not registered")
+    ckpt = tmp_path / "rm"
+    ckpt.mkdir()
+    plan = profiles.build(models={"reward": str(ckpt)})
+    assert "reward" in [i.name for i in plan.indicators] and "reward" not in plan.left_out
+
+
+def test_paper_profile_fails_fast_naming_the_checkpoint(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InstructMiningError) as err:
+        profiles.build("paper")
+    message = str(err.value)
+    assert "--model" in message and ("/" in message)
+    plan = profiles.build("paper", check_models=False)
+    names = [i.name for i in plan.indicators] + list(plan.left_out)
+    assert sorted(names) == sorted(profiles.PAPER_INDICATORS)
+    by_name = {i.name: i for i in plan.indicators}
+    assert by_name["perplexity"].model == "meta-llama/Llama-2-7b-hf"
+    assert by_name["knn6"].backend == "sentence-transformers"
+
+
+def test_score_file_writes_profile_left_out_and_runs(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps(r.to_dict()) + "\n" for r in _records(15, prefix="the answer is"))
+    )
+    out = tmp_path / "s.parquet"
+    report = score_file(data, out, cache=tmp_path / "c.sqlite")
+    summary = json.loads(report.summary_path.read_text())
+    assert summary["profile"] == "offline" and "reward" in summary["left_out"]
+    assert summary["indicators"]["knn6"]["backend"] == "tfidf-svd"
+    assert summary["runs"]["mtld"]["computed"] == 15
+    again = score_file(data, out, cache=tmp_path / "c.sqlite", overwrite=True)
+    assert all(r["computed"] == 0 for r in again.runs.values())
+    assert len(pd.read_parquet(out)) == 15
+    with pytest.raises(ValueError, match="carry their own settings"):
+        score_file(data, out, indicators=[Counted()], profile="paper", overwrite=True)
