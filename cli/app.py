@@ -53,6 +53,7 @@ def _register_commands() -> None:
     from instructmining.cli import generate
 
     main.add_command(generate.generate_command)
+    main.add_command(generate.loop_command)
 
     from instructmining.cli import study
 
