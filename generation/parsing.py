@@ -7,6 +7,8 @@ import re
 # an item boundary: a newline, the item number, a dot and a space ("\n10. ")
 _ITEM = re.compile(r"\n\d+\s?\. ")
 _SPACE = re.compile(r"\s+")
+# chat models often restate the number the prompt ended with ("9. ...")
+_LEADING_NUMBER = re.compile(r"^\d+\s?\.\s+")
 _EXAMPLE = re.compile(r"Example\s?\d*\.?")
 _OUTPUT = re.compile(r"Output\s*\d*\s*:")
 _INPUT = re.compile(r"Input\s*\d*\s*:")
@@ -22,7 +24,7 @@ def parse_instruction_list(text: str) -> list[str]:
     """
     out = []
     for raw in _ITEM.split(text):
-        item = _SPACE.sub(" ", raw).strip()
+        item = _LEADING_NUMBER.sub("", _SPACE.sub(" ", raw).strip())
         if item:
             out.append(item[0].upper() + item[1:])
     return out

@@ -102,6 +102,11 @@ def test_parse_instruction_list_continues_the_numbering() -> None:
         "Ok then",
     ]
     assert parse_instruction_list("") == []
+    # a chat model restating the number the prompt ended with
+    assert parse_instruction_list("9. Name a river\n10. Name a lake") == [
+        "Name a river",
+        "Name a lake",
+    ]
 
 
 @given(
