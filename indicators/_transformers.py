@@ -15,12 +15,16 @@ def dtype_kwarg() -> str:
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' info/warning logs for a block (we report truncation ourselves)."""
+    """Silence transformers' logs and loading bars for a block (we report truncation ourselves)."""
     from transformers.utils import logging
 
     level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()

@@ -265,11 +265,13 @@ class Reward(Indicator):
 
     # --- encoding ------------------------------------------------------------------------
 
-    def _encode(self, tokenizer: Any, template: str, prompt: str, response: str) -> list[int]:
+    def _encode(
+        self, tokenizer: Any, template: str, prompt: str, response: str
+    ) -> dict[str, list[int]]:
         if template == "oasst":
             end = tokenizer.eos_token or "<|endoftext|>"
             text = f"{PROMPTER}{prompt}{end}{ASSISTANT}{response}{end}"
-            return list(tokenizer(text).input_ids)
+            return {"input_ids": list(tokenizer(text).input_ids)}
         if template == "chat":
             messages = [
                 {"role": "user", "content": prompt},
@@ -277,17 +279,27 @@ class Reward(Indicator):
             ]
             text = tokenizer.apply_chat_template(messages, tokenize=False)
             # the rendered template already holds BOS and friends
-            return list(tokenizer(text, add_special_tokens=False).input_ids)
-        return list(tokenizer(prompt, response).input_ids)
+            return {"input_ids": list(tokenizer(text, add_special_tokens=False).input_ids)}
+        # sentence pairs: BERT-like encoders also need the segment ids
+        enc = tokenizer(prompt, response)
+        features = {"input_ids": list(enc.input_ids)}
+        if "token_type_ids" in enc:
+            features["token_type_ids"] = list(enc["token_type_ids"])
+        return features
 
     def encode(
         self, tokenizer: Any, template: str, record: Record, limit: int
-    ) -> tuple[list[int], bool]:
-        """Token ids of one record in `template`, cut to `limit` tokens (ids, truncated?)."""
+    ) -> tuple[dict[str, list[int]], bool]:
+        """Model inputs of one record in `template`, cut to `limit` tokens (features, truncated?).
+
+        `features["input_ids"]` are the token ids; "pair" adds `token_type_ids` when
+        the tokenizer makes them.
+        """
         prompt, response = record.prompt, record.output
-        ids = self._encode(tokenizer, template, prompt, response)
-        if len(ids) <= limit:
-            return ids, False
+        features = self._encode(tokenizer, template, prompt, response)
+        if len(features["input_ids"]) <= limit:
+            return features, False
+        ids = features["input_ids"]
         n_prompt, n_response = len(_offsets(tokenizer, prompt)), len(_offsets(tokenizer, response))
         budget = limit - (len(ids) - n_prompt - n_response)  # what the template leaves
         if budget <= 0:
@@ -298,23 +310,23 @@ class Reward(Indicator):
         keep_prompt, keep_response = split_budget(n_prompt, n_response, budget)
         prompt = keep_last_tokens(tokenizer, prompt, keep_prompt)
         response = keep_first_tokens(tokenizer, response, keep_response)
-        ids = self._encode(tokenizer, template, prompt, response)
+        features = self._encode(tokenizer, template, prompt, response)
         # a template that merges tokens across a cut can leave a token or two over
-        while len(ids) > limit:
-            excess = len(ids) - limit
+        while len(features["input_ids"]) > limit:
+            excess = len(features["input_ids"]) - limit
             n_prompt = len(_offsets(tokenizer, prompt))
             n_response = len(_offsets(tokenizer, response))
             if n_prompt == n_response == 0:
                 raise ValueError(
                     f"The 'max_length' parameter of reward ({limit}) is shorter than the "
-                    f"{template!r} template's own tokens ({len(ids)}); raise it."
+                    f"{template!r} template's own tokens; raise it."
                 )
             if n_prompt >= n_response:
                 prompt = keep_last_tokens(tokenizer, prompt, n_prompt - excess)
             else:
                 response = keep_first_tokens(tokenizer, response, n_response - excess)
-            ids = self._encode(tokenizer, template, prompt, response)
-        return ids, True
+            features = self._encode(tokenizer, template, prompt, response)
+        return features, True
 
     # --- scoring -------------------------------------------------------------------------
 
@@ -355,18 +367,24 @@ class Reward(Indicator):
                 pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
             if model_type != OASST_MODEL_TYPE or self.trust_remote_code:
                 step = 1
-        order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
+        order = np.argsort([len(f["input_ids"]) for f, _ in encoded], kind="stable")
         with torch.inference_mode():
             for start in range(0, len(order), step):
                 idx = order[start : start + step]
                 batch = [encoded[i][0] for i in idx]
-                width = max(len(b) for b in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, ids in enumerate(batch):
-                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    mask[row, : len(ids)] = 1
-                result = rm(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+                width = max(len(f["input_ids"]) for f in batch)
+                inputs = {
+                    "input_ids": torch.full((len(batch), width), pad_id, dtype=torch.long),
+                    "attention_mask": torch.zeros((len(batch), width), dtype=torch.long),
+                }
+                if "token_type_ids" in batch[0]:
+                    inputs["token_type_ids"] = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, f in enumerate(batch):
+                    n = len(f["input_ids"])
+                    inputs["attention_mask"][row, :n] = 1
+                    for key, values in f.items():
+                        inputs[key][row, :n] = torch.tensor(values, dtype=torch.long)
+                result = rm(**{k: v.to(device) for k, v in inputs.items()})
                 logits = result if torch.is_tensor(result) else result.logits
                 out[idx] = logits.float().reshape(len(batch), -1)[:, 0].cpu().numpy()
         return out

@@ -76,6 +76,13 @@ def pair_rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def encoder_rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_encoder_reward_model
+
+    return build_encoder_reward_model(tmp_path_factory.mktemp("models") / "bert-rm")
+
+
+@pytest.fixture(scope="module")
 def chat_rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import build_reward_model
 
@@ -192,6 +199,32 @@ def test_reward_pair_template_when_no_oasst_tokens(pair_rm, records):
     np.testing.assert_allclose(values, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_reward_encoder_pair_keeps_segment_ids(encoder_rm, records, long_records):
+    ind = create("reward", model=str(encoder_rm), device="cpu", batch_size=4)
+    values = ind.score(records)
+    assert ind.template_ == "pair"
+    expected = plain_seqcls_rewards(encoder_rm, [(prompt_of(r), r.output) for r in records])
+    np.testing.assert_allclose(values, expected, atol=1e-5, rtol=1e-5)
+    # truncated pairs: the values are the model's on the cut texts' features
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(encoder_rm))
+    ind = create("reward", model=str(encoder_rm), device="cpu", batch_size=4, max_length=32)
+    values = ind.score(long_records)
+    assert ind.truncated_ == 3
+    features = [ind.encode(tok, "pair", r, 32)[0] for r in long_records]
+    assert all(len(f["input_ids"]) <= 32 and "token_type_ids" in f for f in features)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(encoder_rm)).eval()
+    with torch.no_grad():
+        plain = [
+            model(**{k: torch.tensor([v]) for k, v in f.items()}).logits[0, 0].item()
+            for f in features
+        ]
+    np.testing.assert_allclose(values, plain, atol=1e-5, rtol=1e-5)
+
+
 def test_reward_chat_template_when_the_tokenizer_has_one(chat_rm, records):
     ind = create("reward", model=str(chat_rm), device="cpu", batch_size=4)
     values = ind.score(records)
@@ -237,7 +270,7 @@ def test_reward_truncation_keeps_the_response_and_the_end_of_the_prompt(
 
     prompter, assistant = tok.convert_tokens_to_ids(["<|prompter|>", "<|assistant|>"])
     eos = tok.eos_token_id
-    encoded = [ind.encode(tok, "oasst", r, limit)[0] for r in long_records]
+    encoded = [ind.encode(tok, "oasst", r, limit)[0]["input_ids"] for r in long_records]
     assert all(len(ids) <= limit for ids in encoded)
     budget = limit - 4  # <|prompter|> <|endoftext|> <|assistant|> ... <|endoftext|>
 

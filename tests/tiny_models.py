@@ -342,3 +342,45 @@ def build_oasst_reward_model(directory: str | Path, *, seed: int = 0) -> Path:
     )
     (out / "config.json").write_text(json.dumps(raw, indent=2, default=str))
     return out
+
+
+def build_encoder_reward_model(directory: str | Path, *, seed: int = 0) -> Path:
+    """A BERT sequence classifier with one output, read as a (prompt, response) sentence pair.
+
+    Like the OpenAssistant DeBERTa reward models, but with segment (token type)
+    embeddings, so that a scorer that drops `token_type_ids` gives other values.
+    """
+    from transformers import BertConfig, BertForSequenceClassification
+
+    out = Path(directory)
+    tok = save_tokenizer(
+        out,
+        "wordpiece",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+        # as BERT tokenizers do: the pair's segment ids are model inputs
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    _seed(seed)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+        pad_token_id=tok.pad_token_id,
+        num_labels=1,
+    )
+    import torch
+
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # make the segment embeddings clearly differ
+        model.bert.embeddings.token_type_embeddings.weight[1].add_(1.0)
+    model.save_pretrained(str(out))
+    return out
