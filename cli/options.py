@@ -80,6 +80,11 @@ def model_options(f: Any) -> Any:
         metavar="auto|cpu|cuda[:N]",
         help="Where models run (default auto: a GPU when visible).",
     )(f)
+    return model_option(f)
+
+
+def model_option(f: Any) -> Any:
+    """--model NAME=CHECKPOINT (repeatable)."""
     return click.option(
         "--model",
         "models",
@@ -89,3 +94,87 @@ def model_options(f: Any) -> Any:
         help="Checkpoint (hub id or local path) for an indicator; `unieval` sets naturalness, "
         "coherence and understandability together. Repeatable.",
     )(f)
+
+
+def training_options(batch_flag: str = "--batch-size") -> Any:
+    """Finetuning settings shared by the commands that train: base model, LoRA, epochs, ..."""
+
+    def decorate(f: Any) -> Any:
+        for option in reversed(
+            [
+                click.option(
+                    "--base-model",
+                    default="tiny",
+                    show_default=True,
+                    help="A causal LM (local folder or hub id), or `tiny`: a small GPT-2 "
+                    "built on the study's sources (demonstrations and CI only).",
+                ),
+                click.option(
+                    "--lora",
+                    is_flag=True,
+                    default=None,
+                    help="Train LoRA adapters (peft) instead of every weight.",
+                ),
+                click.option(
+                    "--epochs", type=click.IntRange(min=1), help="Default 3 (2 for tiny)."
+                ),
+                click.option(
+                    "--lr",
+                    type=click.FloatRange(min=0, min_open=True),
+                    help="Default 2e-5 (1e-3 for tiny).",
+                ),
+                click.option(
+                    batch_flag,
+                    "train_batch_size",
+                    type=click.IntRange(min=1),
+                    help="Training batch size (default 16).",
+                ),
+                click.option(
+                    "--max-length",
+                    type=click.IntRange(min=8),
+                    help="Tokens per example; default 512 (256 for tiny).",
+                ),
+                click.option(
+                    "--train-device",
+                    "train_device",
+                    default=None,
+                    help="Where finetuning runs: auto, cpu or cuda[:N] (default auto).",
+                ),
+                click.option(
+                    "--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads."
+                ),
+            ]
+        ):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def run_settings(
+    base_model: str,
+    *,
+    lora: bool | None,
+    epochs: int | None,
+    lr: float | None,
+    train_batch_size: int | None,
+    max_length: int | None,
+    train_device: str | None,
+    threads: int | None,
+) -> Any:
+    """RunSettings from `training_options` values (unset ones keep the defaults)."""
+    from instructmining.experiments.runner import settings_for
+
+    over: dict[str, Any] = {
+        "lora": lora,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": train_batch_size,
+        "max_length": max_length,
+        "device": train_device,
+        "threads": threads,
+    }
+    try:
+        return settings_for(base_model, **{k: v for k, v in over.items() if v is not None})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None

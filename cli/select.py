@@ -13,6 +13,8 @@ from instructmining.cli.options import (
     on_error_option,
     overwrite_option,
     quiet_option,
+    run_settings,
+    training_options,
 )
 
 
@@ -70,6 +72,35 @@ from instructmining.cli.options import (
     default=None,
     help="Score cache (SQLite) reused across runs.",
 )
+@click.option(
+    "--size",
+    "size_mode",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="auto: search the subset size that minimises the eval loss by finetuning "
+    "top-s subsets through the study runner (needs --study).",
+)
+@click.option(
+    "--study",
+    "study_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Study folder giving D_eval and the base model for --size auto.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Finetuning runs the size search may spend.",
+)
+@click.option(
+    "--min-size",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Smallest subset size the search tries.",
+)
+@training_options("--train-batch-size")
 @model_options
 @map_option
 @on_error_option
@@ -94,6 +125,12 @@ def select_command(
     on_error: Any,
     overwrite: bool,
     quiet: bool,
+    size_mode: str | None,
+    study_dir: Path | None,
+    budget: int,
+    min_size: int,
+    base_model: str,
+    **training: Any,
 ) -> None:
     """Select the records of DATA that RULE predicts to lower the finetuned loss most.
 
@@ -103,13 +140,34 @@ def select_command(
       instructmining select pool.jsonl --rule paper-v3 --model unieval=/models/unieval \\
           --model reward=/models/oasst-rm --fraction 0.1 -o subset.jsonl --scores-out s.parquet
       instructmining select pool.jsonl --strategy random -k 1000 --seed 3 -o random.jsonl
+      instructmining select pool.jsonl --rule rule.json --size auto --study study/ --budget 8 \\
+          -o best.jsonl
     """
     from instructmining.progress import progress_enabled
     from instructmining.regression import load_rule
     from instructmining.selection import select_file
 
+    if size_mode == "auto":
+        _size_search(
+            data,
+            rule_spec,
+            output,
+            study_dir,
+            budget,
+            min_size,
+            base_model,
+            training,
+            models,
+            field_map,
+            on_error,
+            overwrite,
+            quiet,
+        )
+        return
     if sum(x is not None for x in (k, fraction, max_predicted_loss)) != 1:
-        raise click.UsageError("give exactly one of -k, --fraction, --max-predicted-loss")
+        raise click.UsageError(
+            "give exactly one of -k, --fraction, --max-predicted-loss (or --size auto)"
+        )
     if strategy == "rule" and rule_spec is None:
         raise click.UsageError("--strategy rule needs --rule RULE.json|paper-v1|paper-v3")
     try:
@@ -145,3 +203,49 @@ def select_command(
         )
     if report.rejects_path is not None:
         click.echo(f"skipped {report.n_rejects} rows; reasons in {report.rejects_path}", err=True)
+
+
+def _size_search(
+    data: Path,
+    rule_spec: str | None,
+    output: Path,
+    study_dir: Path | None,
+    budget: int,
+    min_size: int,
+    base_model: str,
+    training: dict[str, Any],
+    models: dict[str, str],
+    field_map: dict[str, str],
+    on_error: Any,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    from instructmining.experiments.size_search import size_search
+    from instructmining.progress import progress_enabled
+    from instructmining.readers import read_records
+    from instructmining.regression import load_rule
+    from instructmining.writers import check_output, write_rows
+
+    if rule_spec is None or study_dir is None:
+        raise click.UsageError("--size auto needs --rule and --study")
+    out = check_output(output, overwrite=overwrite, inputs=[data])
+    try:
+        rule = load_rule(rule_spec)
+    except KeyError as exc:
+        raise click.BadParameter(str(exc.args[0]), param_hint="--rule") from None
+    settings = run_settings(base_model, **training)
+    pool = read_records(data, field_map=field_map or None, on_error=on_error).records
+    found = size_search(
+        study_dir,
+        pool,
+        rule,
+        budget=budget,
+        min_size=min_size,
+        settings=settings,
+        models=models,
+        progress=progress_enabled(quiet),
+        on_result=lambda size, loss: click.echo(f"size {size}: eval_loss {loss:.4f}"),
+    )
+    write_rows([dict(r.fields) for r in found.subset], out, overwrite=overwrite, inputs=[data])
+    click.echo(f"best size {found.best_size} of {len(found.ranked)} -> {out}")
+    click.echo(f"loss-vs-size curve: {found.folder / 'curve.csv'} and curve.png")

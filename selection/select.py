@@ -25,6 +25,7 @@ import numpy as np
 from instructmining.errors import InstructMiningError, ParameterError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.engine import score
+from instructmining.indicators.knn import KNN
 from instructmining.indicators.models import check_model_source
 from instructmining.indicators.registry import create
 from instructmining.records import Record
@@ -186,7 +187,7 @@ def select(
     if strategy == "rule":
         assert rule is not None
         indicators = rule_indicators(rule, models=models, device=device, batch_size=batch_size)
-        scored = _score(records, indicators, cache=cache, progress=progress)
+        scored = score(records, indicators, cache=cache, progress=progress)
         for col in scored.columns[1:]:
             frame[col] = scored[col].to_numpy()
         eta = rule.linear_predictor(frame)
@@ -242,16 +243,10 @@ def select(
     return Selection(chosen, frame, strategy, settings, rejected)
 
 
-def _score(
-    records: Sequence[Record], indicators: list[Indicator], *, cache: Any, progress: bool
-) -> Any:
-    if cache is None:
-        return score(records, indicators, progress=progress)
-    return score(records, indicators, cache=cache, progress=progress)  # type: ignore[call-arg]
-
-
 def _embeddings(records: Sequence[Record], rule: Rule | None) -> np.ndarray:
     """L2-normalised embeddings from the rule's knn6 configuration (offline TF-IDF by default)."""
     params = dict((rule.indicators.get("knn6") if rule is not None else None) or {"name": "knn6"})
     knn = create("knn6", **{k: v for k, v in params.items() if k not in _META})
+    if not isinstance(knn, KNN):
+        raise InstructMiningError("--diversity needs the built-in knn6 indicator's embeddings")
     return np.asarray(knn.embed(records), dtype=np.float64)

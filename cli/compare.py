@@ -1,0 +1,97 @@
+"""`instructmining study compare`: the rule's top-K against random and longest K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from instructmining.cli.options import (
+    map_option,
+    model_option,
+    quiet_option,
+    run_settings,
+    training_options,
+)
+
+
+@click.command("compare")
+@click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--pool",
+    "pool_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The data to select from.",
+)
+@click.option("-r", "--rule", "rule_spec", required=True, metavar="RULE.json|paper-v1|paper-v3")
+@click.option("--size", type=click.IntRange(min=1), required=True, help="K: records per subset.")
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Finetuning seeds (and random subsets) per strategy.",
+)
+@click.option("--strategies", default="rule,random,longest", show_default=True)
+@training_options()
+@model_option
+@map_option
+@quiet_option
+def compare_command(
+    study_dir: Path,
+    pool_path: Path,
+    rule_spec: str,
+    size: int,
+    seeds: int,
+    strategies: str,
+    base_model: str,
+    models: dict[str, str],
+    field_map: dict[str, str],
+    quiet: bool,
+    **training: Any,
+) -> None:
+    """Finetune on the rule's top-K, a random K and the longest K of POOL; compare the losses.
+
+    Uses the study's D_eval (pool records overlapping it are removed) and base
+    model; results go to STUDY_DIR/compare/<fingerprint>/ (runs.csv, summary.md)
+    and a killed comparison resumes where it stopped.
+
+    \b
+    Example:
+      instructmining study compare study/ --pool dolly.json --rule study/rule.json \\
+          --size 1000 --seeds 5 --base-model tiny
+    """
+    from instructmining.experiments.compare import compare_strategies
+    from instructmining.progress import progress_enabled
+    from instructmining.readers import read_records
+    from instructmining.regression import load_rule
+
+    try:
+        rule = load_rule(rule_spec)
+    except KeyError as exc:
+        raise click.BadParameter(str(exc.args[0]), param_hint="--rule") from None
+    settings = run_settings(base_model, **training)
+    pool = read_records(pool_path, field_map=field_map or None).records
+
+    def report(strategy: str, seed: int, info: Any) -> None:
+        if isinstance(info, dict):
+            click.echo(f"{strategy} seed {seed}: eval_loss {info['eval_loss']:.4f}")
+        else:
+            click.echo(f"{strategy} seed {seed} FAILED: {info}")
+
+    result = compare_strategies(
+        study_dir,
+        pool,
+        rule,
+        size=size,
+        seeds=seeds,
+        settings=settings,
+        strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+        models=models,
+        progress=progress_enabled(quiet),
+        on_result=report,
+    )
+    click.echo(result.markdown())
+    click.echo(f"written to {result.folder}")

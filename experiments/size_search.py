@@ -1,0 +1,197 @@
+"""Search the subset size that minimises the evaluation loss of a rule-ranked pool.
+
+The pool is ranked once by the rule; a size s means "finetune on the top s".
+Sizes are searched on a log scale within a budget of finetuning runs: half the
+budget on a log-spaced grid (the loss-vs-size curve can have several minima:
+the paper reports a double descent), the rest on a golden-section search
+inside the bracket around the best grid point. Every evaluated size is stored,
+so an interrupted search resumes without re-running a size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from instructmining.errors import InstructMiningError, ParameterError
+from instructmining.experiments.compare import _fingerprint
+from instructmining.experiments.evalset import remove_overlap
+from instructmining.experiments.runner import RunSettings, prepare_base, train_and_evaluate
+from instructmining.experiments.store import ResultsStore
+from instructmining.experiments.study import Study
+from instructmining.records import Record
+from instructmining.regression import Rule
+from instructmining.selection import select
+
+_GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+@dataclass
+class SizeSearch:
+    """The evaluated sizes (a curve), the best size and the ranked pool."""
+
+    curve: Any  # DataFrame: size, eval_loss, phase (grid/golden), order of evaluation
+    best_size: int
+    ranked: list[Record]
+    folder: Path
+
+    @property
+    def subset(self) -> list[Record]:
+        """The top `best_size` records."""
+        return self.ranked[: self.best_size]
+
+
+def grid_sizes(low: int, high: int, count: int) -> list[int]:
+    """`count` distinct integer sizes spaced evenly in log between `low` and `high`."""
+    if count <= 1 or low == high:
+        return [high]
+    raw = np.exp(np.linspace(math.log(low), math.log(high), count))
+    return sorted({round(float(x)) for x in raw})
+
+
+def search_sizes(
+    evaluate: Callable[[int], float], low: int, high: int, budget: int
+) -> dict[int, float]:
+    """Evaluate at most `budget` distinct sizes in [low, high]; returns size -> loss."""
+    if budget < 1:
+        raise ParameterError(f"The 'budget' parameter must be >= 1. Got {budget} instead.")
+    losses: dict[int, float] = {}
+
+    def f(size: int) -> float:
+        if size not in losses:
+            losses[size] = evaluate(size)
+        return losses[size]
+
+    grid = grid_sizes(low, high, max(2, budget // 2 + budget % 2) if budget >= 2 else 1)
+    for s in grid[:budget]:
+        f(s)
+    # golden-section on log size inside the bracket around the best grid point
+    ordered = sorted(losses)
+    best = min(ordered, key=lambda s: (losses[s], s))
+    i = ordered.index(best)
+    a = math.log(ordered[max(i - 1, 0)])
+    b = math.log(ordered[min(i + 1, len(ordered) - 1)])
+    while len(losses) < budget and round(math.exp(b)) - round(math.exp(a)) > 1:
+        c = b - _GOLDEN * (b - a)
+        d = a + _GOLDEN * (b - a)
+        sc, sd = round(math.exp(c)), round(math.exp(d))
+        if sc == sd:
+            f(sc)
+            break
+        fc = f(sc)
+        if len(losses) >= budget:
+            break
+        fd = f(sd)
+        if fc <= fd:
+            b = d
+        else:
+            a = c
+    return losses
+
+
+def size_search(
+    study_path: str | Path,
+    pool: Sequence[Record],
+    rule: Rule,
+    *,
+    budget: int = 8,
+    min_size: int = 100,
+    max_size: int | None = None,
+    settings: RunSettings,
+    models: dict[str, str] | None = None,
+    progress: bool = False,
+    on_result: Callable[[int, float], None] | None = None,
+) -> SizeSearch:
+    """Rank `pool` by `rule` and search the best top-s size (see the module docstring)."""
+    import pandas as pd
+
+    study = Study(study_path)
+    kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
+    records = kept["pool"]
+    n = len(records)
+    high = n if max_size is None else min(max_size, n)
+    low = min(max(1, min_size), high)
+    if high < 1:
+        raise InstructMiningError("the pool is empty after removing records that overlap D_eval")
+    ranked = select(records, rule, k=n, models=models, cache=study.cache_dir).subset(records)
+    key = _fingerprint(
+        [r.id for r in ranked], rule.to_dict(), settings.base_model, settings.train.key()
+    )
+    folder = study.path / "size_search" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    store = ResultsStore(folder / "sizes.sqlite")
+    base = prepare_base(study, settings, progress=progress)
+    stored = {
+        int(e.row["size"]): float(e.row["eval_loss"])
+        for e in store.entries().values()
+        if e.status == "done" and e.row
+    }
+    phase: dict[int, int] = {}
+
+    def evaluate(size: int) -> float:
+        phase[size] = len(phase)
+        if size in stored:
+            return stored[size]
+        row = train_and_evaluate(
+            base, ranked[:size], study.eval_records, settings, progress=progress
+        )
+        row["size"] = size
+        store.record_done(f"size-{size}", row)
+        if on_result:
+            on_result(size, row["eval_loss"])
+        return float(row["eval_loss"])
+
+    losses = search_sizes(evaluate, low, high, budget)
+    best = min(losses, key=lambda s: (losses[s], s))
+    curve = pd.DataFrame(
+        {
+            "size": sorted(losses),
+            "eval_loss": [losses[s] for s in sorted(losses)],
+            "evaluated_as": [phase[s] + 1 for s in sorted(losses)],
+        }
+    )
+    from instructmining.writers import write_json, write_rows
+
+    write_rows(curve, folder / "curve.csv", overwrite=True)
+    write_json(
+        {
+            "pool": n,
+            "removed_eval_overlap": removed["pool"],
+            "budget": budget,
+            "range": [low, high],
+            "best_size": best,
+            "best_loss": losses[best],
+            "rule": rule.name,
+            "base_model": settings.base_model,
+        },
+        folder / "search.json",
+    )
+    _plot(curve, best, folder / "curve.png")
+    return SizeSearch(curve, best, ranked, folder)
+
+
+def _plot(curve: Any, best: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from instructmining.writers import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curve["size"], curve["eval_loss"], "o-", color="tab:blue")
+    ax.axvline(best, color="tab:red", linestyle="--", label=f"best size {best}")
+    ax.set_xscale("log")
+    ax.set_xlabel("subset size (top records by the rule)")
+    ax.set_ylabel("evaluation loss")
+    ax.set_title("Evaluation loss against selected subset size")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
