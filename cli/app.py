@@ -59,6 +59,10 @@ def _register_commands() -> None:
 
     main.add_command(study.study_group)
 
+    from instructmining.cli import compare
+
+    study.study_group.add_command(compare.compare_command)
+
     from instructmining.cli import fit
 
     main.add_command(fit.fit_command)

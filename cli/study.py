@@ -1,0 +1,312 @@
+"""`instructmining study plan|run|fit|status`: the finetuning study."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from instructmining.cli.options import overwrite_option, quiet_option
+
+STUDY_EPILOG = """\b
+Examples:
+  instructmining study plan --source alpaca=alpaca.json --source dolly=dolly.json \\
+      --eval self_instruct_user_oriented_252.jsonl --eval vicuna80_questions.jsonl \\
+      --eval vicuna80_answers_gpt35.jsonl --n-mixtures 40 --size 1000 -o my_study
+  instructmining study run my_study --base-model tiny
+  instructmining study status my_study
+  instructmining study fit my_study
+"""
+
+
+@click.group("study", epilog=STUDY_EPILOG)
+def study_group() -> None:
+    """The finetuning study: plan candidate datasets, finetune and evaluate each, fit a rule."""
+
+
+def _parse_sources(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for spec in value:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise click.BadParameter(f"expected NAME=PATH, got {spec!r}", ctx, param)
+        if name in out:
+            raise click.BadParameter(f"source {name!r} given twice", ctx, param)
+        out[name.strip()] = Path(path.strip())
+    if not out:
+        raise click.BadParameter("give at least one --source NAME=PATH", ctx, param)
+    return out
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    from instructmining.indicators.registry import indicator_class
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    for name in names:
+        try:
+            indicator_class(name)
+        except KeyError as exc:
+            raise click.BadParameter(str(exc.args[0]), ctx, param) from None
+    return names
+
+
+@study_group.command("plan")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    callback=_parse_sources,
+    metavar="NAME=PATH",
+    help="A candidate source (repeat for each): any file `score` reads.",
+)
+@click.option(
+    "--eval",
+    "eval_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="D_eval part (repeat): Self-Instruct user-oriented file, Vicuna questions AND answers, "
+    "or plain records.",
+)
+@click.option("--n-mixtures", default=40, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Records per candidate.",
+)
+@click.option(
+    "--univariate",
+    callback=_names,
+    default=None,
+    metavar="NAMES",
+    help="Comma-separated indicators: sort the pooled sources by each and cut --bins bins.",
+)
+@click.option("--bins", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "-i",
+    "--indicators",
+    callback=_names,
+    default=None,
+    metavar="NAMES",
+    help="Indicators scored for every candidate (default: the offline profile).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Study folder.",
+)
+@overwrite_option
+@quiet_option
+def plan_command(
+    sources: dict[str, Path],
+    eval_paths: tuple[Path, ...],
+    n_mixtures: int,
+    size: int,
+    univariate: list[str] | None,
+    bins: int,
+    seed: int,
+    indicators: list[str] | None,
+    out_dir: Path,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Plan candidate datasets into a new study folder.
+
+    Mixtures draw random proportions over the sources (Dirichlet(1)) and sample
+    --size records without replacement; univariate candidates sort the pooled
+    sources by one indicator and draw --size records from each of --bins slices.
+    Source records whose instruction + input occur in D_eval are removed first.
+    """
+    from instructmining.experiments.study import create_study
+    from instructmining.progress import progress_enabled
+
+    report = create_study(
+        out_dir,
+        sources=sources,
+        eval_paths=list(eval_paths),
+        n_mixtures=n_mixtures,
+        size=size,
+        univariate=univariate or [],
+        bins=bins,
+        seed=seed,
+        indicators=indicators,
+        overwrite=overwrite,
+        progress=progress_enabled(quiet),
+    )
+    removed = ", ".join(f"{k} {v}" for k, v in report.removed_overlap.items())
+    click.echo(
+        f"planned {report.n_candidates} candidates in {report.path}: pool {report.pool_size} "
+        f"records, D_eval {report.eval_size}; removed as D_eval overlap: {removed}; "
+        f"duplicates dropped: {report.duplicates}"
+    )
+
+
+@study_group.command("run")
+@click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--base-model",
+    default="tiny",
+    show_default=True,
+    help="A causal LM (local folder or hub id), or `tiny`: a small GPT-2 built and pretrained "
+    "on the study's sources (demonstrations and CI only).",
+)
+@click.option("--lora", is_flag=True, help="Train LoRA adapters (peft) instead of every weight.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Default 3 (2 for tiny).")
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), help="Default 2e-5 (1e-3 for tiny)."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Default 16.")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=8),
+    help="Tokens per example; default 512 (256 for tiny).",
+)
+@click.option("--seed", type=int, default=None, help="Training seed (default 0).")
+@click.option("--lora-r", type=click.IntRange(min=1), default=None)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option(
+    "--ray-address", default=None, help="Existing Ray cluster (default: start a local one)."
+)
+@click.option("--cpus-per-task", type=click.FloatRange(min=0), default=1, show_default=True)
+@click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--force", is_flag=True, help="Rerun finished candidates too.")
+@click.option("--retry-failed", is_flag=True, help="Rerun candidates that failed before.")
+@click.option("--keep-weights", is_flag=True, help="Keep each finetuned model in STUDY/runs/ID.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Run at most N candidates.")
+@quiet_option
+def run_command(
+    study_dir: Path,
+    base_model: str,
+    lora: bool,
+    engine: str,
+    ray_address: str | None,
+    cpus_per_task: float,
+    gpus_per_task: float,
+    force: bool,
+    retry_failed: bool,
+    limit: int | None,
+    quiet: bool,
+    **options: Any,
+) -> None:
+    """Finetune and evaluate every unfinished candidate of STUDY_DIR.
+
+    Resumable: finished candidates are skipped (unless --force), a failed one is
+    recorded with its error and the study goes on. Each row holds the candidate's
+    mean indicators, its eval loss (mean NLL per D_eval response token), the
+    base model, the training config hash, seed, wall time and tokens seen.
+    """
+    from instructmining.experiments.runner import run_study, settings_for
+    from instructmining.progress import progress_enabled
+
+    over = {k: v for k, v in options.items() if v is not None}
+    if lora:
+        over["lora"] = True
+    try:
+        settings = settings_for(base_model, **over)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    def report(cid: str, status: str, info: Any) -> None:
+        if status == "done":
+            click.echo(
+                f"{cid} done: eval_loss {info['eval_loss']:.4f}, {info['wall_s']:.1f} s, "
+                f"train {info['train_tokens_per_s']:.0f} tok/s, eval {info['eval_tokens_per_s']:.0f} tok/s"
+            )
+        else:
+            click.echo(f"{cid} FAILED: {info}")
+
+    summary = run_study(
+        study_dir,
+        settings,
+        engine=engine,
+        force=force,
+        retry_failed=retry_failed,
+        limit=limit,
+        ray_address=ray_address,
+        cpus_per_task=cpus_per_task,
+        gpus_per_task=gpus_per_task,
+        progress=progress_enabled(quiet),
+        on_result=report,
+    )
+    click.echo(
+        f"{len(summary.done)} done, {len(summary.failed)} failed, {summary.skipped} already "
+        f"recorded, in {summary.seconds:.1f} s"
+    )
+
+
+@study_group.command("status")
+@click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-v", "--verbose", is_flag=True, help="One line per candidate.")
+def status_command(study_dir: Path, verbose: bool) -> None:
+    """Show done / pending / failed candidates with their timings."""
+    from instructmining.experiments.store import ResultsStore
+    from instructmining.experiments.study import Study
+
+    study = Study(study_dir)
+    entries = ResultsStore(study.results_path).entries()
+    done = [e for e in entries.values() if e.status == "done"]
+    failed = [e for e in entries.values() if e.status == "failed"]
+    ids = [c["candidate_id"] for c in study.candidates]
+    pending = [c for c in ids if c not in entries]
+    walls = [e.wall_s for e in done if e.wall_s is not None]
+    click.echo(f"{study.path}: {len(ids)} candidates")
+    line = f"  done     {len(done)}"
+    if walls:
+        line += (
+            f"  (total {sum(walls):.1f} s, mean {sum(walls) / len(walls):.1f} s, "
+            f"min {min(walls):.1f} s, max {max(walls):.1f} s)"
+        )
+    click.echo(line)
+    click.echo(f"  failed   {len(failed)}")
+    click.echo(f"  pending  {len(pending)}")
+    if verbose:
+        for cid in ids:
+            e = entries.get(cid)
+            if e is None:
+                click.echo(f"  {cid}  pending")
+            elif e.status == "done" and e.row:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.finished))
+                click.echo(
+                    f"  {cid}  done     eval_loss {e.row.get('eval_loss', float('nan')):.4f}  "
+                    f"{e.wall_s or 0:.1f} s  {when}Z"
+                )
+            else:
+                click.echo(f"  {cid}  failed   {e.error}")
+    elif failed:
+        for e in failed:
+            click.echo(f"  {e.candidate_id}  failed: {e.error}")
+
+
+@study_group.command("fit")
+@click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--features",
+    default=None,
+    metavar="NAMES",
+    help="Indicator columns to consider (default: all).",
+)
+@overwrite_option
+def fit_command(study_dir: Path, features: str | None, overwrite: bool) -> None:
+    """Fit the loss rule on STUDY_DIR's results; writes STUDY_DIR/fit/rule.json and a report."""
+    from instructmining.experiments.fitting import fit_study
+
+    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    fit = fit_study(study_dir, features=names, overwrite=overwrite)
+    click.echo(f"fitted on {fit.n_rows} candidates; rule: {fit.rule_path}; report in {fit.folder}")
+    summary = getattr(fit.result, "summary", None)
+    if callable(summary):
+        click.echo(str(summary()))

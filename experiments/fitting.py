@@ -1,0 +1,77 @@
+"""`study fit`: the regression issue's fit on the study's results table."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from instructmining.errors import InstructMiningError
+from instructmining.experiments.store import ResultsStore
+from instructmining.experiments.study import Study
+from instructmining.writers import write_rows
+
+
+@dataclass
+class StudyFit:
+    """Where `fit_study` wrote its outputs, and the fit result itself."""
+
+    result: Any
+    folder: Path
+    table_path: Path
+    rule_path: Path
+    n_rows: int
+    features: list[str]
+
+
+def results_table(study: Study) -> Any:
+    """The finished candidates' rows (indicator means, eval_loss, metadata) as a DataFrame."""
+    table = ResultsStore(study.results_path).table()
+    if table.empty:
+        raise InstructMiningError(
+            f"{study.path}: no finished candidates yet; run `instructmining study run {study.path}`"
+        )
+    return table
+
+
+def fit_study(
+    path: str | Path,
+    *,
+    features: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    **fit_options: Any,
+) -> StudyFit:
+    """Fit a rule on the study's results; write results.csv, rule.json and the report."""
+    from instructmining.regression import fit_rule
+
+    study = Study(path)
+    table = results_table(study)
+    params = {p["name"]: p for p in study.indicator_params}
+    columns = [c for c in params if c in table.columns]
+    chosen = features if features else columns
+    unknown = [f for f in chosen if f not in table.columns]
+    if unknown:
+        raise InstructMiningError(
+            f"--features: {', '.join(unknown)} not in the results table; "
+            f"indicator columns: {', '.join(columns)}"
+        )
+    folder = Path(out_dir) if out_dir else study.path / "fit"
+    rule_path = folder / "rule.json"
+    if rule_path.exists() and not overwrite:
+        raise InstructMiningError(f"{rule_path}: exists already; pass --overwrite to refit")
+    folder.mkdir(parents=True, exist_ok=True)
+    table_path = write_rows(table, folder / "results.csv", overwrite=True)
+    accepted = inspect.signature(fit_rule).parameters
+    kwargs: dict[str, Any] = {"features": chosen, "loss": "eval_loss", **fit_options}
+    if "indicators" in accepted:
+        kwargs["indicators"] = {f: params[f] for f in chosen if f in params}
+    result = fit_rule(table, **kwargs)
+    result.write_report(folder)
+    if not rule_path.exists():
+        save = getattr(result.rule, "save", None) or getattr(result.rule, "to_json", None)
+        if save is None:
+            raise RuntimeError("the fitted Rule offers no save/to_json; cannot write rule.json")
+        save(rule_path)
+    return StudyFit(result, folder, table_path, rule_path, len(table), chosen)

@@ -1,0 +1,412 @@
+"""Run a study: for each unfinished candidate, score, finetune, evaluate, record.
+
+The local engine runs candidates one after another in this process; the Ray
+engine (`ray_engine`) runs the same `train_and_evaluate` as one task per
+candidate. Either way the driver scores indicators (through the study's cache)
+and writes every outcome to the results store as soon as it is known, so a
+study killed at any point continues at the next unfinished candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from instructmining.errors import InstructMiningError
+from instructmining.experiments.finetune import TrainConfig
+from instructmining.experiments.study import Study
+from instructmining.experiments.tiny_base import TinyBaseConfig
+from instructmining.records import Record
+
+TINY = "tiny"
+#: finetuning defaults for the tiny base, chosen so that 40 candidates x 1,000
+#: examples fit in 30 minutes on 2 CPU cores (see the README's study section)
+TINY_TRAIN = TrainConfig(epochs=1, lr=1e-3, batch_size=16, warmup_ratio=0.05, max_length=256)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How every candidate of a run is finetuned and evaluated."""
+
+    base_model: str = TINY
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_batch_size: int = 16
+    device: str = "auto"
+    #: torch CPU threads per candidate; None: 1 for the tiny base (its small matrices
+    #: gain little from more threads and lose much when the cores are shared), else all
+    threads: int | None = None
+    keep_weights: bool = False
+    #: size and pretraining of the `tiny` base (None: TinyBaseConfig defaults)
+    tiny: TinyBaseConfig | None = None
+
+    def cpu_threads(self) -> int:
+        """The torch thread count this run uses."""
+        if self.threads:
+            return self.threads
+        return 1 if self.base_model == TINY else (os.cpu_count() or 1)
+
+
+@dataclass
+class RunSummary:
+    """What one `run_study` call did."""
+
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def prepare_base(study: Study, settings: RunSettings, *, progress: bool = False) -> str:
+    """The base model path or id; builds the study's tiny base once when asked for `tiny`."""
+    if settings.base_model != TINY:
+        from instructmining.indicators.models import check_model_source
+
+        # every candidate would fail the same way: stop before the first one
+        return check_model_source(
+            settings.base_model, indicator="study base model", option="--base-model"
+        )
+    from instructmining.experiments.finetune import set_threads
+    from instructmining.experiments.tiny_base import build_tiny_base
+    from instructmining.indicators.models import resolve_device
+
+    folder = study.path / "base" / TINY
+    cfg = replace(
+        settings.tiny or TinyBaseConfig(),
+        max_length=settings.train.max_length,
+        seed=settings.train.seed,
+    )
+    set_threads(settings.cpu_threads())
+    build_tiny_base(
+        list(study.pool.values()),
+        folder,
+        cfg,
+        device=resolve_device(settings.device),
+        progress=progress,
+    )
+    return str(folder)
+
+
+def indicator_means(frame: Any, columns: Sequence[str]) -> dict[str, float]:
+    """Mean of each indicator column over a candidate (NaN values left out)."""
+    return {c: float(frame[c].mean(skipna=True)) for c in columns}
+
+
+def train_and_evaluate(
+    base: str,
+    records: Sequence[Record],
+    eval_records: Sequence[Record],
+    settings: RunSettings,
+    *,
+    save_to: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Finetune `base` on `records`, then the eval loss on D_eval; the timing/loss fields."""
+    from instructmining.experiments.evaluate import eval_loss
+    from instructmining.experiments.finetune import finetune, load_tokenizer, set_threads
+    from instructmining.indicators.models import resolve_device
+
+    set_threads(settings.cpu_threads())
+    device = resolve_device(settings.device)
+    tok = load_tokenizer(base)
+    model, tok, stats = finetune(
+        base,
+        records,
+        settings.train,
+        tokenizer=tok,
+        device=device,
+        save_to=save_to,
+        progress=progress,
+    )
+    ev = eval_loss(
+        model,
+        tok,
+        eval_records,
+        max_length=settings.train.max_length,
+        batch_size=settings.eval_batch_size,
+        device=device,
+    )
+    return {
+        "eval_loss": ev.loss,
+        "eval_loss_example_mean": ev.example_mean,
+        "eval_tokens": ev.tokens,
+        "eval_s": ev.seconds,
+        "eval_tokens_per_s": ev.tokens_per_s,
+        "train_s": stats.seconds,
+        "train_steps": stats.steps,
+        "tokens_seen": stats.tokens,
+        "train_target_tokens": stats.target_tokens,
+        "train_tokens_per_s": stats.tokens_per_s,
+        "train_first_loss": stats.first_loss,
+        "train_last_loss": stats.last_loss,
+        "device": device,
+        "host": platform.node(),
+    }
+
+
+def _materialize(files: Mapping[str, bytes], folder: Path) -> None:
+    for name, blob in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(blob)
+
+
+def run_task(
+    base: str | dict[str, bytes],
+    rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]],
+    settings: RunSettings,
+    save_to: str | None,
+) -> dict[str, Any]:
+    """One candidate in a worker process (Ray task or local pool): plain data in and out.
+
+    `base` is a path/hub id, or the files of a base folder (name -> bytes) shipped to
+    a worker that cannot see the study folder.
+    """
+    import tempfile
+
+    def recs(data: list[dict[str, Any]]) -> list[Record]:
+        return [Record(r["instruction"], r["input"], r["output"], r["id"]) for r in data]
+
+    t0 = time.perf_counter()
+    if isinstance(base, dict):
+        with tempfile.TemporaryDirectory(prefix="im-base-") as tmp:
+            _materialize(base, Path(tmp))
+            out = train_and_evaluate(tmp, recs(rows), recs(eval_rows), settings, save_to=save_to)
+    else:
+        out = train_and_evaluate(base, recs(rows), recs(eval_rows), settings, save_to=save_to)
+    out["task_s"] = time.perf_counter() - t0
+    return out
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the store: type, message and where it was raised."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def select_candidates(
+    study: Study,
+    *,
+    force: bool = False,
+    retry_failed: bool = False,
+    only: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Candidates to run now, in plan order: not done (and not failed, unless retried)."""
+    from instructmining.experiments.store import ResultsStore
+
+    entries = ResultsStore(study.results_path).entries()
+    chosen = []
+    wanted = set(only) if only else None
+    for cand in study.candidates:
+        cid = cand["candidate_id"]
+        if wanted is not None and cid not in wanted:
+            continue
+        entry = entries.get(cid)
+        if entry is None or force or (entry.status == "failed" and retry_failed):
+            chosen.append(cand)
+    if wanted is not None:
+        unknown = wanted - {c["candidate_id"] for c in study.candidates}
+        if unknown:
+            raise InstructMiningError(f"unknown candidate ids: {', '.join(sorted(unknown))}")
+    return chosen
+
+
+def score_candidate(study: Study, candidate_id: str, indicators: Sequence[Any]) -> dict[str, Any]:
+    """Mean of every study indicator over the candidate, scored through the study cache."""
+    from instructmining.experiments.scoring import score_records
+
+    records = study.candidate_records(candidate_id)
+    start = time.perf_counter()
+    frame = score_records(records, indicators, cache=study.cache_dir)
+    columns = [c for ind in indicators for c in ind.columns]
+    return {**indicator_means(frame, columns), "score_s": time.perf_counter() - start}
+
+
+def base_row(study: Study, cand: Mapping[str, Any], settings: RunSettings) -> dict[str, Any]:
+    """The metadata every row of a candidate carries."""
+    return {
+        "candidate_id": cand["candidate_id"],
+        "kind": cand["kind"],
+        "n_records": cand["n_records"],
+        "base_model": settings.base_model,
+        "lora": settings.train.lora,
+        "config_hash": settings.train.key(),
+        "seed": settings.train.seed,
+        "epochs": settings.train.epochs,
+        "lr": settings.train.lr,
+    }
+
+
+def run_study(
+    path: str | Path,
+    settings: RunSettings,
+    *,
+    engine: str = "local",
+    force: bool = False,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    only: Sequence[str] | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+    cpus_per_task: float = 1,
+    gpus_per_task: float = 0,
+    progress: bool = False,
+    on_result: Callable[[str, str, dict[str, Any] | str], None] | None = None,
+) -> RunSummary:
+    """Run every unfinished candidate of the study at `path` (see the module docstring)."""
+    from instructmining.experiments.scoring import build_indicators
+    from instructmining.experiments.store import ResultsStore
+
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    study = Study(path)
+    store = ResultsStore(study.results_path)
+    todo = select_candidates(study, force=force, retry_failed=retry_failed, only=only)
+    skipped = len(study.candidates) - len(todo)
+    if limit is not None:
+        todo = todo[:limit]
+    summary = RunSummary(skipped=skipped)
+    start = time.perf_counter()
+    if not todo:
+        return summary
+    indicators = build_indicators(study.indicator_params)
+    base = prepare_base(study, settings, progress=progress)
+
+    def finish(cid: str, row: dict[str, Any] | None, error: str | None, wall: float) -> None:
+        if error is None and row is not None:
+            store.record_done(cid, row)
+            summary.done.append(cid)
+            if on_result:
+                on_result(cid, "done", row)
+        else:
+            store.record_failed(cid, error or "unknown error", wall)
+            summary.failed.append(cid)
+            if on_result:
+                on_result(cid, "failed", error or "")
+
+    if engine == "ray":
+        from instructmining.experiments.ray_engine import run_with_ray
+
+        run_with_ray(
+            study,
+            todo,
+            settings,
+            base,
+            indicators,
+            finish=finish,
+            address=ray_address,
+            cpus_per_task=cpus_per_task,
+            gpus_per_task=gpus_per_task,
+        )
+    elif workers > 1:
+        _run_pool(study, todo, settings, base, indicators, finish, workers)
+    else:
+        for cand in todo:
+            cid = cand["candidate_id"]
+            t0 = time.perf_counter()
+            try:
+                row = {**base_row(study, cand, settings), **score_candidate(study, cid, indicators)}
+                save_to = str(study.path / "runs" / cid) if settings.keep_weights else None
+                row |= train_and_evaluate(
+                    base,
+                    study.candidate_records(cid),
+                    study.eval_records,
+                    settings,
+                    save_to=save_to,
+                    progress=progress,
+                )
+                row["wall_s"] = time.perf_counter() - t0
+                finish(cid, row, None, row["wall_s"])
+            except Exception as exc:  # one candidate's failure must not end the study
+                finish(cid, None, describe_error(exc), time.perf_counter() - t0)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def prepare_task(
+    study: Study, cand: Mapping[str, Any], settings: RunSettings, indicators: Sequence[Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+    """Driver side of a task: the row so far (metadata + indicator means), records, save path."""
+    cid = cand["candidate_id"]
+    row = {**base_row(study, cand, settings), **score_candidate(study, cid, indicators)}
+    rows = [r.to_dict() for r in study.candidate_records(cid)]
+    save_to = str(study.path / "runs" / cid) if settings.keep_weights else None
+    return row, rows, save_to
+
+
+def _run_pool(
+    study: Study,
+    todo: Sequence[dict[str, Any]],
+    settings: RunSettings,
+    base: str,
+    indicators: Sequence[Any],
+    finish: Callable[[str, dict[str, Any] | None, str | None, float], None],
+    workers: int,
+) -> None:
+    """The local engine with `workers` processes, one candidate each at a time."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    eval_rows = [r.to_dict() for r in study.eval_records]
+    queue = iter(todo)
+    pending: dict[Any, tuple[str, dict[str, Any], float]] = {}
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+
+        def submit_next() -> None:
+            for cand in queue:
+                cid, t0 = cand["candidate_id"], time.perf_counter()
+                try:
+                    row, rows, save_to = prepare_task(study, cand, settings, indicators)
+                except Exception as exc:  # scoring failed: record it, take the next one
+                    finish(cid, None, describe_error(exc), time.perf_counter() - t0)
+                    continue
+                fut = pool.submit(run_task, base, rows, eval_rows, settings, save_to)
+                pending[fut] = (cid, row, t0)
+                return
+
+        for _ in range(workers):
+            submit_next()
+        while pending:
+            ready, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+            for fut in ready:
+                cid, row, t0 = pending.pop(fut)
+                try:
+                    out = fut.result()
+                except cf.process.BrokenProcessPool as exc:
+                    finish(cid, None, describe_error(exc), time.perf_counter() - t0)
+                    raise InstructMiningError(
+                        "a worker process died (out of memory?); the unfinished candidates "
+                        "stay pending: rerun `study run`, perhaps with fewer --workers"
+                    ) from exc
+                except Exception as exc:
+                    finish(cid, None, describe_error(exc), time.perf_counter() - t0)
+                else:
+                    row = {**row, **out}
+                    row["wall_s"] = row.pop("task_s") + row.get("score_s", 0.0)
+                    finish(cid, row, None, row["wall_s"])
+                submit_next()
+
+
+def settings_for(base_model: str, **overrides: Any) -> RunSettings:
+    """RunSettings with the tiny defaults for `tiny`, the general defaults otherwise."""
+    train_over = {k: v for k, v in overrides.items() if k in TrainConfig.__dataclass_fields__}
+    run_over = {k: v for k, v in overrides.items() if k in RunSettings.__dataclass_fields__}
+    unknown = set(overrides) - set(train_over) - set(run_over)
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    train = replace(TINY_TRAIN if base_model == TINY else TrainConfig(), **train_over)
+    return RunSettings(base_model=base_model, train=train, **run_over)
+
+
+def settings_dict(settings: RunSettings) -> dict[str, Any]:
+    """RunSettings as plain data."""
+    return asdict(settings)

@@ -1,0 +1,122 @@
+"""The results store: one SQLite row per finished or failed candidate.
+
+SQLite in WAL mode with synchronous=FULL: every result is one committed
+transaction, so a process killed at any moment (kill -9 included) leaves either
+the whole row or none of it, and the next run continues from what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    candidate_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    row TEXT,
+    error TEXT,
+    wall_s REAL,
+    finished REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1
+)
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored outcome."""
+
+    candidate_id: str
+    status: str
+    row: dict[str, Any] | None
+    error: str | None
+    wall_s: float | None
+    finished: float
+    attempts: int
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class ResultsStore:
+    """Append/replace outcomes by candidate id; safe against a crash at any point."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute(_SCHEMA)
+            yield con
+        finally:
+            con.close()
+
+    def _put(self, candidate_id: str, status: str, row: Any, error: Any, wall_s: Any) -> None:
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            prev = con.execute(
+                "SELECT attempts FROM runs WHERE candidate_id = ?", (candidate_id,)
+            ).fetchone()
+            con.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    candidate_id,
+                    status,
+                    row,
+                    error,
+                    wall_s,
+                    time.time(),
+                    (prev[0] + 1) if prev else 1,
+                ),
+            )
+            con.execute("COMMIT")
+
+    def record_done(self, candidate_id: str, row: Mapping[str, Any]) -> None:
+        """Store a finished candidate's row in one transaction (replacing an older outcome)."""
+        clean = {k: _json_value(v) for k, v in row.items()}
+        self._put(
+            candidate_id, "done", json.dumps(clean, ensure_ascii=False), None, clean.get("wall_s")
+        )
+
+    def record_failed(self, candidate_id: str, error: str, wall_s: float | None = None) -> None:
+        """Store a failed candidate with its error message."""
+        self._put(candidate_id, "failed", None, error, wall_s)
+
+    def entries(self) -> dict[str, Entry]:
+        """Every stored outcome by candidate id."""
+        if not self.path.exists():
+            return {}
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT candidate_id, status, row, error, wall_s, finished, attempts FROM runs"
+            ).fetchall()
+        return {
+            r[0]: Entry(r[0], r[1], json.loads(r[2]) if r[2] else None, r[3], r[4], r[5], r[6])
+            for r in rows
+        }
+
+    def table(self) -> Any:
+        """The finished candidates as a DataFrame, one row each (ordered by finish time)."""
+        import pandas as pd
+
+        done = sorted(
+            (e for e in self.entries().values() if e.status == "done"), key=lambda e: e.finished
+        )
+        return pd.DataFrame.from_records([e.row for e in done if e.row is not None])
