@@ -73,7 +73,7 @@ def run_loop(
 ) -> LoopResult:
     """Run `rounds` rounds of generate → score → select; returns per-round statistics."""
     from instructmining.readers import read_records
-    from instructmining.selection import select
+    from instructmining.selection import rule_indicators, select
     from instructmining.writers import write_json, write_rows
 
     for name, value in (("rounds", rounds), ("per_round", per_round), ("keep", keep)):
@@ -81,6 +81,8 @@ def run_loop(
             raise ValueError(
                 f"The '{name}' parameter of run_loop must be >= 1. Got {value} instead."
             )
+    # fail before paying for generation when a checkpoint the rule needs is missing
+    rule_indicators(rule, models=models, device=device, batch_size=batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {

@@ -160,3 +160,18 @@ def test_loop_command_unknown_rule(tmp_path: Path) -> None:
     )
     assert res.exit_code != 0
     assert "no-such-rule" in res.output
+
+
+def test_loop_fails_before_generating_when_the_rule_needs_a_missing_model(tmp_path: Path) -> None:
+    from instructmining.selection import MissingIndicatorError
+
+    rule = Rule(
+        name="needs-reward",
+        intercept=0.5,
+        coefficients={"reward": -0.1},
+        indicators={"reward": {"name": "reward", "model": str(tmp_path / "no-such-checkpoint")}},
+    )
+    backend = ScriptedBackend()
+    with pytest.raises(MissingIndicatorError, match="reward"):
+        run_loop(SEEDS, tmp_path / "out", backend=backend, rule=rule, rounds=1, per_round=3, keep=2)
+    assert backend.calls == 0
