@@ -154,3 +154,20 @@ def test_forward_never_leaves_fewer_than_two_residual_df():
     y = pd.Series(X.sum(axis=1) + rng.normal(scale=1e-3, size=6))
     sel = select_features(X, y, direction="forward", enter=0.5, remove=0.9)
     assert len(sel.features) <= 6 - 3
+
+
+@pytest.mark.parametrize("rank_by", ["bic", "aic", "adj_r2"])
+def test_best_subset_equals_brute_force_with_statsmodels(rank_by):
+    X, y = synthetic(11, n=25, noise=0.3)
+    sel = select_features(X, y, method="best-subset", rank_by=rank_by)
+    sign = -1 if rank_by == "adj_r2" else 1
+    attr = {"bic": "bic", "aic": "aic", "adj_r2": "rsquared_adj"}[rank_by]
+    for step in sel.path:
+        size = len(step.features)
+        fits = {
+            cols: getattr(sm.OLS(y, sm.add_constant(X[list(cols)])).fit(), attr)
+            for cols in itertools.combinations(X.columns, size)
+        }
+        best = min(fits, key=lambda c: sign * fits[c])
+        assert set(step.features) == set(best)
+        assert step.value == pytest.approx(fits[best], rel=1e-9)
