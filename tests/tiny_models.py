@@ -121,7 +121,13 @@ def save_tokenizer(
     if added_special:
         trained.add_special_tokens([AddedToken(t, special=True) for t in added_special])
     (directory / "tokenizer.json").write_text(trained.to_str(), encoding="utf-8")
-    settings = {"tokenizer_class": "PreTrainedTokenizerFast", **config}
+    # what the real tokenizers of each family hand the model (transformers 4 and 5
+    # default differently for PreTrainedTokenizerFast)
+    inputs = ["input_ids", "attention_mask"]
+    if kind == "wordpiece":
+        inputs = ["input_ids", "token_type_ids", "attention_mask"]
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast", "model_input_names": inputs}
+    settings.update(config)
     if added_special:
         settings["additional_special_tokens"] = list(added_special)
     (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
@@ -362,8 +368,6 @@ def build_encoder_reward_model(directory: str | Path, *, seed: int = 0) -> Path:
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=128,
-        # as BERT tokenizers do: the pair's segment ids are model inputs
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
     _seed(seed)
     config = BertConfig(
