@@ -461,11 +461,19 @@ class SelfInstructGenerator:
                 "n_kept": n_kept,
                 "fingerprint": fingerprint,
                 "backend": self.backend.describe(),
-                "usage": self.backend.usage.to_dict(),
+                # summed over rounds, so that it covers every session of a resumed run
+                "usage": _sum_usage(rounds),
                 "rounds": rounds,
             },
             out / STATE_FILE,
         )
+
+
+def _sum_usage(rounds: Sequence[dict[str, Any]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for r in rounds:
+        total.update(r.get("usage", {}))
+    return dict(total)
 
 
 def _norm(text: str) -> str:

@@ -181,6 +181,14 @@ def test_hf_local_backend_generates_in_batches(tiny_causal_lm: Path) -> None:
         prompts[:2], SamplingParams(max_tokens=4, temperature=0.7, top_p=0.5)
     )
     assert len(sampled) == 2
+    # asking for more tokens than the context holds is cut to fit
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(path).n_positions
+    (long,) = backend.complete(["Say hello"], SamplingParams(max_tokens=context + 50))
+    assert long.prompt_tokens + long.completion_tokens <= context
+    with pytest.raises(BackendError, match="fills the model's context"):
+        backend.complete(["word " * (context + 5)], SamplingParams(max_tokens=2))
 
 
 def test_hf_backend_missing_checkpoint_fails_fast(tmp_path: Path) -> None:

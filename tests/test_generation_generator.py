@@ -68,6 +68,7 @@ def test_generates_n_filtered_tasks(tmp_path: Path) -> None:
     assert state["n_kept"] == 30
     assert sum(r["kept"] for r in state["rounds"]) == 30
     assert state["usage"]["requests"] == gen.backend.usage.requests > 0
+    assert state["usage"]["prompt_tokens"] == gen.backend.usage.prompt_tokens > 0
     r0 = state["rounds"][0]
     assert r0["generated"] == r0["accepted_instructions"] + sum(
         v for k, v in r0["dropped"].items() if k in _INSTRUCTION_REASONS
@@ -118,8 +119,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     # a kill in the middle of an append leaves half a line: resume must drop it
     with open(out / TASKS_FILE, "a", encoding="utf-8") as fh:
         fh.write('{"instruction": "half a li')
-    result = SelfInstructGenerator(backend=ScriptedBackend(), n=40).run(SEEDS, out)
+    second = ScriptedBackend()
+    result = SelfInstructGenerator(backend=second, n=40).run(SEEDS, out)
     assert result.resumed_from == len(partial)
+    state = json.loads((out / STATE_FILE).read_text())
+    reference_state = json.loads((reference / STATE_FILE).read_text())
+    # usage covers both sessions' finished rounds: the same as the uninterrupted run
+    assert state["usage"] == reference_state["usage"]
+    assert second.usage.requests < state["usage"]["requests"]
     assert lines(out / TASKS_FILE) == lines(reference / TASKS_FILE)
     assert (out / FLAT_FILE).read_text() == (reference / FLAT_FILE).read_text()
     texts = [t["instruction"] for t in lines(out / TASKS_FILE)]

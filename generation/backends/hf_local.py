@@ -92,9 +92,17 @@ class HFBackend(LLMBackend):
         for start in range(0, len(prompts), self.batch_size):
             batch = list(prompts[start : start + self.batch_size])
             enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            width = int(enc["input_ids"].shape[1])
+            room = _context_length(model) - width
+            if room < 1:
+                raise BackendError(
+                    f"--llm hf:{self.model}: a prompt of {width} tokens fills the model's "
+                    f"context of {_context_length(model)} tokens; use a model with a longer context"
+                )
             sample = params.temperature > 0
             kwargs: dict[str, Any] = {
-                "max_new_tokens": params.max_tokens,
+                # a long prompt leaves less room; the cut shows as finish_reason "length"
+                "max_new_tokens": min(params.max_tokens, room),
                 "do_sample": sample,
                 "pad_token_id": tokenizer.pad_token_id,
             }
@@ -119,3 +127,13 @@ class HFBackend(LLMBackend):
 
     def close(self) -> None:
         self._loaded = None
+
+
+def _context_length(model: Any) -> int:
+    """Positions the model can attend to (a very large number when it does not say)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 30
