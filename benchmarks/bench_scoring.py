@@ -36,8 +36,12 @@ def main() -> None:
     args = parser.parse_args()
 
     _, import_wall, import_cpu = _timed(_import_all)
-    print(f"imports (sklearn, lexicalrichness, pandas): {import_wall:.2f} s wall, {import_cpu:.2f} s CPU")
-    print(f"cores: {os.cpu_count()}, load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"imports (sklearn, lexicalrichness, pandas): {import_wall:.2f} s wall, {import_cpu:.2f} s CPU"
+    )
+    print(
+        f"cores: {os.cpu_count()}, load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     from instructmining.indicators.engine import score
     from instructmining.indicators.profiles import build
     from instructmining.readers import read_records
@@ -54,8 +58,12 @@ def main() -> None:
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 cache = Path(tmp) / "cache.sqlite"
-                cold, cw, cc = _timed(lambda c=cache: score(records, build().indicators, cache=c))
-                warm, ww, wc = _timed(lambda c=cache: score(records, build().indicators, cache=c))
+                cold, cw, cc = _timed(
+                    lambda c=cache, r=records: score(r, build().indicators, cache=c)
+                )
+                warm, ww, wc = _timed(
+                    lambda c=cache, r=records: score(r, build().indicators, cache=c)
+                )
             if best is None or cw < best[1]:
                 best = (cold, cw, cc, warm, ww, wc)
         assert best is not None
@@ -76,7 +84,7 @@ def main() -> None:
 def _import_all() -> None:
     import lexicalrichness  # noqa: F401
     import pandas  # noqa: F401
-    import sklearn.decomposition  # noqa: F401
+    import sklearn.decomposition
     import sklearn.feature_extraction.text  # noqa: F401
 
 
