@@ -78,6 +78,13 @@ class FitResult:
             lines += ["", "Warnings:", *[f"  {w}" for w in self.warnings]]
         return "\n".join(lines)
 
+    def __repr__(self) -> str:
+        return (
+            f"FitResult(rule={self.rule.name!r}, n={self.statistics.get('n')}, "
+            f"features={self.rule.features!r}, r2={_fmt(self.statistics.get('r2'))}, "
+            f"loo_rmse={_fmt(self.statistics.get('loo_rmse'))})"
+        )
+
     def _repr_html_(self) -> str:
         return self.rule._repr_html_() + f"<pre>{escape(self.summary())}</pre>"
 
@@ -130,6 +137,8 @@ def fit_rule(
     `remove`), "best-subset" (ranked by `rank_by`) or "all". `indicators` maps a
     feature to the `params()` of the indicator that produced it; without it the
     rule records the name only. `source` names the table in errors and provenance.
+    Rows of a univariate design (columns `bin_indicator` or `indicator`, and `bin`)
+    also give the loss per bin (`FitResult.bins`).
     """
     import statsmodels.api as sm
 
@@ -241,7 +250,7 @@ def fit_rule(
             "features_offered": list(dict.fromkeys(features)),
             "features_dropped": dict(prepared.dropped_features),
             "indicator_configuration": (
-                "from the table's metadata"
+                "the indicators' params() as recorded with the table"
                 if indicators and all(c in indicators for c in chosen)
                 else "names only: the table did not record the indicators' settings"
             ),
