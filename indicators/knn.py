@@ -105,6 +105,11 @@ class KNN(Indicator):
     def set_dependent(self) -> bool:
         return self.reference is None
 
+    def params(self) -> dict[str, Any]:
+        """Settings that fix the values of the chosen backend (others would only split caches)."""
+        unused = ("max_length", "dtype") if self.backend == TFIDF_SVD else ("dims",)
+        return {k: v for k, v in super().params().items() if k not in unused}
+
     def _check(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"The 'k' parameter of knn6 must be an int >= 1. Got {self.k!r}.")

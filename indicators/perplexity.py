@@ -99,6 +99,13 @@ class Perplexity(Indicator):
     def set_dependent(self) -> bool:
         return self.backend == NGRAM and self.reference is None
 
+    def params(self) -> dict[str, Any]:
+        """Settings that fix the values of the chosen backend (others would only split caches)."""
+        unused = (
+            ("max_length", "dtype") if self.backend == NGRAM else ("order", "folds", "reference")
+        )
+        return {k: v for k, v in super().params().items() if k not in unused}
+
     def score(self, records: Sequence[Record]) -> np.ndarray:
         self.truncated_ = 0
         self.truncated_mask_ = np.zeros(len(records), dtype=bool)

@@ -195,3 +195,11 @@ def test_score_file_writes_profile_left_out_and_runs(tmp_path):
     assert len(pd.read_parquet(out)) == 15
     with pytest.raises(ValueError, match="carry their own settings"):
         score_file(data, out, indicators=[Counted()], profile="paper", overwrite=True)
+
+
+def test_settings_a_backend_does_not_use_stay_out_of_its_key():
+    assert create("perplexity").key() == create("perplexity", max_length=64, dtype="fp16").key()
+    assert "order" not in create("perplexity", model="m").params()
+    assert create("knn6").key() == create("knn6", max_length=64).key()
+    assert create("knn6", model="m").key() == create("knn6", model="m", dims=8).key()
+    assert create("knn6").key() != create("knn6", dims=8).key()
