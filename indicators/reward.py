@@ -110,8 +110,15 @@ def _offsets(tokenizer: Any, text: str) -> list[tuple[int, int]]:
     )
 
 
+def _count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
 def keep_last_tokens(tokenizer: Any, text: str, k: int) -> str:
     """The end of `text` that holds its last `k` tokens (cut at a token's start)."""
+    if not getattr(tokenizer, "is_fast", True):  # no offsets: decode the kept ids
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        return text if k >= len(ids) else "" if k <= 0 else tokenizer.decode(ids[-k:])
     offsets = _offsets(tokenizer, text)
     if k >= len(offsets):
         return text
@@ -120,6 +127,9 @@ def keep_last_tokens(tokenizer: Any, text: str, k: int) -> str:
 
 def keep_first_tokens(tokenizer: Any, text: str, k: int) -> str:
     """The start of `text` that holds its first `k` tokens."""
+    if not getattr(tokenizer, "is_fast", True):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        return text if k >= len(ids) else "" if k <= 0 else tokenizer.decode(ids[:k])
     offsets = _offsets(tokenizer, text)
     if k >= len(offsets):
         return text
@@ -300,7 +310,7 @@ class Reward(Indicator):
         if len(features["input_ids"]) <= limit:
             return features, False
         ids = features["input_ids"]
-        n_prompt, n_response = len(_offsets(tokenizer, prompt)), len(_offsets(tokenizer, response))
+        n_prompt, n_response = _count(tokenizer, prompt), _count(tokenizer, response)
         budget = limit - (len(ids) - n_prompt - n_response)  # what the template leaves
         if budget <= 0:
             raise ValueError(
@@ -314,8 +324,7 @@ class Reward(Indicator):
         # a template that merges tokens across a cut can leave a token or two over
         while len(features["input_ids"]) > limit:
             excess = len(features["input_ids"]) - limit
-            n_prompt = len(_offsets(tokenizer, prompt))
-            n_response = len(_offsets(tokenizer, response))
+            n_prompt, n_response = _count(tokenizer, prompt), _count(tokenizer, response)
             if n_prompt == n_response == 0:
                 raise ValueError(
                     f"The 'max_length' parameter of reward ({limit}) is shorter than the "

@@ -303,6 +303,33 @@ def test_reward_truncation_keeps_the_response_and_the_end_of_the_prompt(
     np.testing.assert_allclose(values, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_keep_tokens_cut_on_token_boundaries(tiny_reward_model, fast):
+    from transformers import AutoTokenizer
+
+    from instructmining.indicators.reward import keep_first_tokens, keep_last_tokens
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_reward_model))
+
+    class Slow:  # the same tokenizer without offsets, as a slow tokenizer is
+        is_fast = False
+
+        def __call__(self, *args, **kwargs):
+            return tok(*args, **kwargs)
+
+        def decode(self, ids):
+            return tok.decode(ids)
+
+    use = tok if fast else Slow()
+    text = "Our team builds the data; the cat watches two apples."
+    ids = tok(text, add_special_tokens=False).input_ids
+    for k in (0, 1, 5, len(ids) - 1, len(ids), len(ids) + 3):
+        tail = tok(keep_last_tokens(use, text, k), add_special_tokens=False).input_ids
+        head = tok(keep_first_tokens(use, text, k), add_special_tokens=False).input_ids
+        assert tail == (ids[-k:] if k else [])
+        assert head == ids[:k]
+
+
 @given(prompt=st.integers(0, 500), response=st.integers(0, 500), budget=st.integers(1, 300))
 def test_split_budget_fits_and_favours_the_response(prompt, response, budget):
     from instructmining.indicators.reward import split_budget
