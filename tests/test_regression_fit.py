@@ -1,7 +1,5 @@
 """fit_rule: agreement with a direct statsmodels fit, diagnostics, univariate view, bad input."""
 
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -285,19 +283,6 @@ def test_report_summary_and_html(tmp_path):
     summary = result.summary()
     assert "Selection path" in summary and "leave-one-out" in summary
     assert "<pre>" in result._repr_html_()
-
-
-def test_regression_imports_no_indicator_module():
-    code = (
-        "import sys, numpy as np, pandas as pd\n"
-        "from instructmining.regression import fit_rule, load_rule\n"
-        "f = pd.DataFrame({'a': np.arange(10.0), 'eval_loss': np.exp(np.arange(10.0) / 10 + "
-        "np.sin(np.arange(10.0)) / 50)})\n"
-        "fit_rule(f, features=['a']); load_rule('paper-v1')\n"
-        "bad = [m for m in sys.modules if m.startswith('instructmining.indicators')]\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_no_warning_for_a_clean_table():
