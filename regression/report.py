@@ -213,6 +213,7 @@ def _plots(result: FitResult, out: Path) -> list[str]:
     ax2.set_xlabel("normal quantile")
     ax2.set_ylabel("ordered residual")
     ax2.set_title("Normal Q-Q plot of residuals")
+    fig.tight_layout()
     _save(fig, out / "residuals.png")
     written.append("residuals.png")
 
