@@ -396,4 +396,9 @@ class Reward(Indicator):
                 result = rm(**{k: v.to(device) for k, v in inputs.items()})
                 logits = result if torch.is_tensor(result) else result.logits
                 out[idx] = logits.float().reshape(len(batch), -1)[:, 0].cpu().numpy()
+        if not np.isfinite(out).all():
+            raise InstructMiningError(
+                f"reward: {self.model!r} gave non-finite scores in {rm.dtype}; "
+                "use --dtype fp32 (or bf16 on a GPU)"
+            )
         return out

@@ -20,7 +20,8 @@ the right, as UniEval does: for coherence the end of the history goes first,
 for the other two the end of the response. `truncated_` counts the records cut.
 
 The three indicators share one checkpoint (CLI: `--model unieval=PATH`) and one
-loaded model per (checkpoint, device, dtype).
+loaded model per (checkpoint, device, dtype). T5 models are known to overflow in
+fp16; use bf16 (the GPU default) or fp32. Non-finite outputs raise an error.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from instructmining.errors import InstructMiningError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.registry import register
 from instructmining.records import Record
@@ -185,6 +187,11 @@ class UniEvalIndicator(Indicator):
                 ).logits[:, 0, :]
                 margin = logits[:, yes].float() - logits[:, no].float()
                 out[idx] = torch.sigmoid(margin).cpu().numpy()
+        if not np.isfinite(out).all():  # T5 is known to overflow in fp16
+            raise InstructMiningError(
+                f"{self.name}: {self.model!r} gave non-finite scores in {model.dtype}; "
+                "use --dtype bf16 or fp32"
+            )
         return out
 
 

@@ -497,3 +497,24 @@ def test_default_checkpoint_is_the_papers(name):
         name, "MingZhong/unieval-dialog"
     )
     assert indicator_class(name)().model == expected
+
+
+def test_non_finite_model_outputs_raise(tmp_path, records):
+    from tiny_models import build_reward_model, build_t5
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    rm_path = build_reward_model(tmp_path / "nan-rm")
+    rm = AutoModelForSequenceClassification.from_pretrained(str(rm_path))
+    with torch.no_grad():
+        rm.score.weight.fill_(float("nan"))
+    rm.save_pretrained(str(rm_path))
+    with pytest.raises(InstructMiningError, match="non-finite"):
+        create("reward", model=str(rm_path), device="cpu").score(records)
+
+    t5_path = build_t5(tmp_path / "nan-t5")
+    t5 = AutoModelForSeq2SeqLM.from_pretrained(str(t5_path))
+    with torch.no_grad():
+        t5.lm_head.weight.fill_(float("inf"))
+    t5.save_pretrained(str(t5_path))
+    with pytest.raises(InstructMiningError, match="non-finite"):
+        create("naturalness", model=str(t5_path), device="cpu").score(records)
