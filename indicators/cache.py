@@ -5,8 +5,9 @@ process killed at any moment (kill -9 included) leaves either the whole batch or
 none of it, and a rerun recomputes exactly the batches that were not committed.
 Readers never block the writer and several processes (workers) can share one
 file; writes are serialised by SQLite's lock with a busy timeout. Python ships
-sqlite3, so the store needs no extra dependency, and values round-trip as the
-same 8-byte doubles, so cached and freshly computed outputs are bit-identical.
+sqlite3, so the store needs no extra dependency. Values are stored as their 8
+IEEE-754 bytes (SQLite's REAL would turn -0.0 into 0 and NaN into NULL), so
+cached and freshly computed outputs are bit-identical.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np
 CACHE_ENV = "INSTRUCTMINING_CACHE"
 DEFAULT_CACHE = Path(".instructmining") / "cache.sqlite"
 SCHEMA_VERSION = 1
+_DOUBLE = struct.Struct("<d")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +39,7 @@ CREATE TABLE IF NOT EXISTS configs (
 CREATE TABLE IF NOT EXISTS scores (
     key TEXT NOT NULL,
     record TEXT NOT NULL,
-    value REAL,
+    value BLOB NOT NULL,
     truncated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key, record)
 ) WITHOUT ROWID;
@@ -50,10 +53,7 @@ def default_cache_path() -> Path:
 
 
 class ScoreCache:
-    """Scores by (key, record key) in one SQLite file; one commit per `put`.
-
-    NaN is stored as SQL NULL and read back as NaN.
-    """
+    """Scores by (key, record key) in one SQLite file; one commit per `put`."""
 
     def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
         self.path = Path(path).expanduser()
@@ -133,7 +133,7 @@ class ScoreCache:
         for record, value, trunc in rows:
             for i in position[record]:
                 found[i] = True
-                values[i] = np.nan if value is None else value
+                values[i] = _DOUBLE.unpack(value)[0]
                 truncated[i] = bool(trunc)
         return found, values, truncated
 
@@ -145,7 +145,7 @@ class ScoreCache:
         truncated: Iterable[bool] | None = None,
     ) -> None:
         """Store one batch in a single transaction (all of it or, after a crash, none)."""
-        vals = [None if v != v else float(v) for v in values]  # NaN -> NULL
+        vals = [_DOUBLE.pack(float(v)) for v in values]
         flags = [0] * len(vals) if truncated is None else [int(bool(t)) for t in truncated]
         if not (len(records) == len(vals) == len(flags)):
             raise ValueError("put: records, values and truncated differ in length")
