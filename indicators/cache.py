@@ -25,7 +25,7 @@ import numpy as np
 
 CACHE_ENV = "INSTRUCTMINING_CACHE"
 DEFAULT_CACHE = Path(".instructmining") / "cache.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: values as IEEE-754 bytes
 _DOUBLE = struct.Struct("<d")
 
 _SCHEMA = """
