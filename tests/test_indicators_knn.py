@@ -135,7 +135,7 @@ def test_sentence_transformer_truncation_is_counted(tiny_sentence_transformer):
 def test_knn6_on_real_data_matches_sklearn(shared_data):
     from sklearn.neighbors import NearestNeighbors
 
-    rows = json.loads((shared_data / "pools" / "dolly_3k.json").read_text())[:300]
+    rows = json.loads((shared_data / "pools" / "dolly_3k.json").read_text())[:200]
     records = [make_record(r["instruction"], r["input"], r["output"]) for r in rows]
     texts = [example_text(r) for r in records]
     emb = _tfidf_svd_embed(_fit_tfidf_svd(texts, 256), texts)
