@@ -3,6 +3,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from instructmining.errors import InstructMiningError
 from instructmining.indicators import profiles
@@ -203,3 +205,21 @@ def test_settings_a_backend_does_not_use_stay_out_of_its_key():
     assert create("knn6").key() == create("knn6", max_length=64).key()
     assert create("knn6", model="m").key() == create("knn6", model="m", dims=8).key()
     assert create("knn6").key() != create("knn6", dims=8).key()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    outputs=st.lists(st.text(alphabet="ab c", max_size=12), min_size=1, max_size=30),
+    chunk=st.integers(1, 8),
+    seen=st.lists(st.integers(0, 29), max_size=10),
+)
+def test_any_cached_subset_and_chunking_give_the_uncached_result(
+    tmp_path_factory, outputs, chunk, seen
+):
+    records = [make_record(f"t{i % 4}", output=o) for i, o in enumerate(outputs)]
+    cache = ScoreCache(tmp_path_factory.mktemp("c") / "c.sqlite")
+    names = ["output_length", "mtld"]
+    score([records[i] for i in sorted(set(seen)) if i < len(records)], names, cache=cache)
+    got = score(records, names, cache=cache, chunk_size=chunk)
+    pd.testing.assert_frame_equal(got, score(records, names), check_exact=True)
+    cache.close()
