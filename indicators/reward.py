@@ -256,7 +256,8 @@ class Reward(Indicator):
         from instructmining.indicators._transformers import quiet_transformers
 
         with quiet_transformers():
-            return cached_model("reward", spec, device, str(torch_dtype), load)
+            kind = "reward+remote-code" if remote else "reward"  # other classes may load
+            return cached_model(kind, spec, device, str(torch_dtype), load)
 
     def resolve_template(self, tokenizer: Any, model_type: str | None) -> str:
         """The input format used for this checkpoint (`template`, with "auto" decided)."""
