@@ -59,7 +59,8 @@ class KNN(Indicator):
     negative coefficient. Reads the whole example (instruction, input, output).
     Backends: "tfidf-svd" (offline: TF-IDF with sublinear term frequency,
     truncated SVD to `dims` dimensions, rows L2-normalised; the space is fitted
-    on the scored set, or on the reference set) and a sentence-transformers
+    on the scored set, or on the reference set; a set with at most `dims` texts
+    or words keeps the TF-IDF space itself) and a sentence-transformers
     checkpoint (`model`, embeddings L2-normalised). Distances are exact
     Euclidean distances on the unit vectors (0..2). Neighbours are the other
     records of the scored set (dataset-level) or, with `reference`, the records
@@ -153,7 +154,15 @@ class KNN(Indicator):
         return self._reference_cache
 
     def _fit_embed(self, texts: list[str]) -> np.ndarray:
-        return self._embed(self._fit_space(texts), texts)
+        if self.backend != TFIDF_SVD:
+            return self._embed(self._fit_space(texts), texts)
+        # embed the sorted texts the space was fitted on, then put the rows back in input
+        # order: one TF-IDF pass, and bit-identical values whatever the input order
+        order = sorted(range(len(texts)), key=texts.__getitem__)
+        emb = _tfidf_svd_embed(*_fit_tfidf_svd_matrix([texts[i] for i in order], self.dims))
+        out = np.empty_like(emb)
+        out[order] = emb
+        return out
 
     def _fit_space(self, texts: list[str]) -> Any:
         if self.backend != TFIDF_SVD:
@@ -214,6 +223,11 @@ class KNN(Indicator):
 
 def _fit_tfidf_svd(texts: list[str], dims: int) -> Any:
     """TF-IDF + truncated SVD fitted on `texts` in a canonical (sorted) order."""
+    return _fit_tfidf_svd_matrix(sorted(texts), dims)[0]
+
+
+def _fit_tfidf_svd_matrix(ordered: list[str], dims: int) -> tuple[Any, Any]:
+    """(space, TF-IDF matrix of `ordered`): the space fitted on `ordered` as given."""
     try:
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -222,26 +236,27 @@ def _fit_tfidf_svd(texts: list[str], dims: int) -> Any:
             "knn6 (tfidf-svd) needs scikit-learn: pip install 'instructmining[offline]'"
         ) from exc
 
-    # sorting makes the randomized SVD, hence every distance, independent of input order
-    ordered = sorted(texts)
     vectorizer = TfidfVectorizer(sublinear_tf=True, token_pattern=r"(?u)\b\w+\b", dtype=np.float64)
     try:
         matrix = vectorizer.fit_transform(ordered)
     except ValueError:  # no word at all in any text: every example sits at the origin
-        return None
-    n_components = min(dims, matrix.shape[1] - 1, matrix.shape[0] - 1)
-    if n_components < 1:
-        return (vectorizer, None)
-    svd = TruncatedSVD(n_components=n_components, algorithm="randomized", random_state=0)
+        return None, ordered
+    if min(matrix.shape) <= dims:
+        # rows span at most `dims` dimensions: the SVD could only rotate them (or drop
+        # information), so distances are taken in the TF-IDF space itself
+        return (vectorizer, None), matrix
+    # sorted input (by the callers) makes the randomized SVD independent of input order
+    svd = TruncatedSVD(n_components=dims, algorithm="randomized", random_state=0)
     svd.fit(matrix)
-    return (vectorizer, svd)
+    return (vectorizer, svd), matrix
 
 
-def _tfidf_svd_embed(space: Any, texts: list[str]) -> np.ndarray:
+def _tfidf_svd_embed(space: Any, texts: Any) -> np.ndarray:
+    """Unit-length rows for `texts` (strings, or their TF-IDF matrix in this space)."""
     if space is None:
-        return np.zeros((len(texts), 1))
+        return np.zeros((len(texts) if isinstance(texts, list) else texts.shape[0], 1))
     vectorizer, svd = space
-    matrix = vectorizer.transform(texts)
+    matrix = vectorizer.transform(texts) if isinstance(texts, list) else texts
     emb = matrix.toarray() if svd is None else svd.transform(matrix)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)

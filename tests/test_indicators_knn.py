@@ -57,12 +57,15 @@ def test_kth_distance_equals_brute_force(k):
     np.testing.assert_allclose(got, _brute(emb, k), rtol=1e-9, atol=1e-9)
 
 
-def test_knn6_equals_brute_force_in_its_space():
+@pytest.mark.parametrize("dims", [256, 5])  # the TF-IDF space itself; a truncated SVD
+def test_knn6_equals_brute_force_in_its_space(dims):
     records = _records(30)
     texts = [example_text(r) for r in records]
-    emb = _tfidf_svd_embed(_fit_tfidf_svd(texts, 256), texts)
+    space = _fit_tfidf_svd(texts, dims)
+    assert (space[1] is None) == (dims == 256)
+    emb = _tfidf_svd_embed(space, texts)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0)
-    got = create("knn6").score(records)
+    got = create("knn6", dims=dims).score(records)
     np.testing.assert_allclose(got, _brute(emb, 6), atol=1e-7)
     assert got.dtype == np.float64 and np.all(np.isfinite(got))
 
@@ -135,9 +138,23 @@ def test_sentence_transformer_truncation_is_counted(tiny_sentence_transformer):
 def test_knn6_on_real_data_matches_sklearn(shared_data):
     from sklearn.neighbors import NearestNeighbors
 
-    rows = json.loads((shared_data / "pools" / "dolly_3k.json").read_text())[:200]
+    rows = json.loads((shared_data / "pools" / "dolly_3k.json").read_text())[:300]
     records = [make_record(r["instruction"], r["input"], r["output"]) for r in rows]
     texts = [example_text(r) for r in records]
     emb = _tfidf_svd_embed(_fit_tfidf_svd(texts, 256), texts)
     dist, _ = NearestNeighbors(n_neighbors=7, algorithm="brute").fit(emb).kneighbors(emb)
+    assert _fit_tfidf_svd(texts, 256)[1] is not None  # 300 texts: the SVD path
     np.testing.assert_allclose(create("knn6").score(records), dist[:, 6], atol=1e-6)
+
+
+def test_degenerate_spaces():
+    # no word at all: every example sits at the origin
+    assert create("knn6", k=1).score(
+        [make_record("!"), make_record("?", output="...")]
+    ).tolist() == [
+        0.0,
+        0.0,
+    ]
+    # fewer texts or words than dimensions: the TF-IDF space itself
+    got = create("knn6", k=1).score([make_record("a"), make_record("a"), make_record("b")])
+    assert got[0] == got[1] == 0.0 and got[2] == pytest.approx(np.sqrt(2.0))
