@@ -163,7 +163,7 @@ def plan_command(
     "on the study's sources (demonstrations and CI only).",
 )
 @click.option("--lora", is_flag=True, help="Train LoRA adapters (peft) instead of every weight.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Default 3 (2 for tiny).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Default 3 (1 for tiny).")
 @click.option(
     "--lr", type=click.FloatRange(min=0, min_open=True), help="Default 2e-5 (1e-3 for tiny)."
 )
@@ -177,12 +177,24 @@ def plan_command(
 @click.option("--lora-r", type=click.IntRange(min=1), default=None)
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Local engine: candidates trained at once, each in its own process.",
+)
+@click.option(
     "--ray-address", default=None, help="Existing Ray cluster (default: start a local one)."
 )
 @click.option("--cpus-per-task", type=click.FloatRange(min=0), default=1, show_default=True)
 @click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch CPU threads per candidate (default: 1 for tiny, else all cores).",
+)
 @click.option("--force", is_flag=True, help="Rerun finished candidates too.")
 @click.option("--retry-failed", is_flag=True, help="Rerun candidates that failed before.")
 @click.option("--keep-weights", is_flag=True, help="Keep each finetuned model in STUDY/runs/ID.")
@@ -193,6 +205,7 @@ def run_command(
     base_model: str,
     lora: bool,
     engine: str,
+    workers: int,
     ray_address: str | None,
     cpus_per_task: float,
     gpus_per_task: float,
@@ -233,6 +246,7 @@ def run_command(
         study_dir,
         settings,
         engine=engine,
+        workers=workers,
         force=force,
         retry_failed=retry_failed,
         limit=limit,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,16 +61,17 @@ def fit_study(
     if rule_path.exists() and not overwrite:
         raise InstructMiningError(f"{rule_path}: exists already; pass --overwrite to refit")
     folder.mkdir(parents=True, exist_ok=True)
+    # the table as fitted, kept beside the rule
     table_path = write_rows(table, folder / "results.csv", overwrite=True)
-    accepted = inspect.signature(fit_rule).parameters
-    kwargs: dict[str, Any] = {"features": chosen, "loss": "eval_loss", **fit_options}
-    if "indicators" in accepted:
-        kwargs["indicators"] = {f: params[f] for f in chosen if f in params}
-    result = fit_rule(table, **kwargs)
-    result.write_report(folder)
-    if not rule_path.exists():
-        save = getattr(result.rule, "save", None) or getattr(result.rule, "to_json", None)
-        if save is None:
-            raise RuntimeError("the fitted Rule offers no save/to_json; cannot write rule.json")
-        save(rule_path)
+    result = fit_rule(
+        table,
+        features=chosen,
+        loss="eval_loss",
+        indicators={f: params[f] for f in chosen if f in params},
+        name=f"study {study.path.name}",
+        source=table_path,
+        **fit_options,
+    )
+    result.write_report(folder, overwrite=True)
+    result.rule.save(rule_path, overwrite=True)
     return StudyFit(result, folder, table_path, rule_path, len(table), chosen)

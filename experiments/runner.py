@@ -173,6 +173,11 @@ def run_task(
     def recs(data: list[dict[str, Any]]) -> list[Record]:
         return [Record(r["instruction"], r["input"], r["output"], r["id"]) for r in data]
 
+    from transformers.utils import logging as hf_logging
+
+    # a worker process: its loading bars and notices would interleave on the driver's stderr
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     t0 = time.perf_counter()
     if isinstance(base, dict):
         with tempfile.TemporaryDirectory(prefix="im-base-") as tmp:

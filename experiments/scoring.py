@@ -12,33 +12,15 @@ from instructmining.records import Record
 
 
 def default_indicators() -> list[str]:
-    """The offline profile's indicators (no downloaded weights), else every weight-free one."""
-    try:
-        from instructmining.indicators import profiles
-    except ImportError:
-        profiles = None  # type: ignore[assignment]
-    if profiles is not None:
-        names = _profile_names(profiles)
-        if names:
-            return names
+    """The offline profile's indicators (no downloaded weights) that are registered."""
     from instructmining.indicators.registry import registered
 
-    return [name for name, cls in registered().items() if not cls.needs_model]
-
-
-def _profile_names(profiles: Any) -> list[str]:
-    for attr in ("offline_indicators", "OFFLINE"):
-        value = getattr(profiles, attr, None)
-        if callable(value):
-            value = value()
-        if value:
-            return [v if isinstance(v, str) else v.name for v in value]
-    get = getattr(profiles, "profile", None) or getattr(profiles, "get_profile", None)
-    if callable(get):
-        value = get("offline")
-        value = getattr(value, "indicators", value)
-        return [v if isinstance(v, str) else v.name for v in value]
-    return []
+    classes = registered()
+    try:
+        from instructmining.indicators.profiles import OFFLINE_INDICATORS
+    except ImportError:  # an indicators package without profiles: every weight-free one
+        return [name for name, cls in classes.items() if not cls.needs_model]
+    return [name for name in OFFLINE_INDICATORS if name in classes]
 
 
 def build_indicators(specs: Sequence[str | Mapping[str, Any]]) -> list[Indicator]:
@@ -62,7 +44,7 @@ def score_records(
     cache: str | Path | None = None,
     progress: bool = False,
 ) -> Any:
-    """engine.score with `cache=` when the engine supports it (a DataFrame: id + columns)."""
+    """engine.score through the score cache at `cache` (a DataFrame: id + columns)."""
     from instructmining.indicators import engine
 
     kwargs: dict[str, Any] = {"progress": progress}

@@ -7,7 +7,7 @@ Layout of STUDY_DIR::
     eval.jsonl           D_eval
     candidates/ID.json   each candidate's record ids, stored once under its content hash
     results.sqlite       the results store (one row per finished or failed candidate)
-    cache/               indicator score cache
+    scores.sqlite        indicator score cache (the engine's ScoreCache)
     base/                the `tiny` base model, built once per study
     runs/ID/             finetuned weights, only with --keep-weights
     fit/                 `study fit` output: rule.json and the report
@@ -131,7 +131,7 @@ def create_study(
         extra = [n for n in univariate if n not in by_name]
         uni = by_name | {ind.name: ind for ind in build_indicators(extra)}
         frame = score_records(
-            pool, [uni[n] for n in univariate], cache=out / "cache", progress=progress
+            pool, [uni[n] for n in univariate], cache=out / "scores.sqlite", progress=progress
         )
         pool_ids = [r.id for r in pool]
         for name in univariate:
@@ -244,7 +244,7 @@ class Study:
     @property
     def cache_dir(self) -> Path:
         """Indicator score cache."""
-        return self.path / "cache"
+        return self.path / "scores.sqlite"
 
     @property
     def results_path(self) -> Path:
