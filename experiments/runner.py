@@ -378,7 +378,9 @@ def _run_pool(
                 pending[fut] = (cid, row, t0)
                 return
 
-        for _ in range(workers):
+        # one task more than workers waits in the pool's queue: a worker that
+        # finishes starts at once instead of waiting for the driver to score
+        for _ in range(workers + 1):
             submit_next()
         while pending:
             ready, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
