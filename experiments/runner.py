@@ -235,11 +235,17 @@ def score_candidate(study: Study, candidate_id: str, indicators: Sequence[Any]) 
 
 
 def base_row(study: Study, cand: Mapping[str, Any], settings: RunSettings) -> dict[str, Any]:
-    """The metadata every row of a candidate carries."""
+    """The metadata every row of a candidate carries (how it was drawn, how it was trained)."""
+    drawn: dict[str, Any] = {}
+    if cand["kind"] == "univariate":  # the regression report shows loss per bin from these
+        drawn = {"indicator": cand["indicator"], "bin": cand["bin"]}
+    for source, share in (cand.get("proportions") or {}).items():
+        drawn[f"proportion_{source}"] = share
     return {
         "candidate_id": cand["candidate_id"],
         "kind": cand["kind"],
         "n_records": cand["n_records"],
+        **drawn,
         "base_model": settings.base_model,
         "lora": settings.train.lora,
         "config_hash": settings.train.key(),

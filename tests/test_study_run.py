@@ -205,6 +205,8 @@ def test_run_records_a_row_per_candidate(study_dir: Path) -> None:
     ):
         assert col in table.columns, col
     assert (table["eval_loss"] > 0).all() and (table["tokens_seen"] > 0).all()
+    shares = table["proportion_alpaca"] + table["proportion_dolly"]
+    assert shares.to_numpy() == pytest.approx(1.0)
     cid = table["candidate_id"][0]
     means = study.candidate_records(cid)
     expected = sum(len(r.output.split()) for r in means) / len(means)
