@@ -120,6 +120,9 @@ def build(
     that accepts it. With `check_models`, every checkpoint is checked before any
     scoring (fail fast with the fix in the message).
     """
+    unknown = sorted(set(runtime) - set(RUNTIME_KEYS))
+    if unknown:
+        raise TypeError(f"build() got unexpected settings: {', '.join(unknown)}")
     chosen = profile or "offline"
     if chosen not in PROFILES:
         raise KeyError(f"unknown profile {chosen!r}; choose from {', '.join(PROFILES)}")
@@ -158,9 +161,6 @@ def build(
         for key in RUNTIME_KEYS:
             if runtime.get(key) is not None and _accepts(cls, key):
                 kwargs[key] = runtime[key]
-        unknown = sorted(set(runtime) - set(RUNTIME_KEYS))
-        if unknown:
-            raise TypeError(f"build() got unexpected settings: {', '.join(unknown)}")
         ind = cls(**kwargs)
         if check_models:
             _check_model(ind)
