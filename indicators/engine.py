@@ -102,25 +102,37 @@ def score(
     records: Sequence[Record],
     indicators: Sequence[str | Indicator] | None = None,
     *,
+    profile: str | None = None,
+    models: Mapping[str, str] | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    max_length: int | None = None,
+    dtype: str | None = None,
     cache: str | Path | ScoreCache | None = None,
     progress: bool = False,
     chunk_size: int = CHUNK,
 ) -> Any:
-    """Score `records`; a DataFrame with `id` and one column per indicator.
+    """Score `records`; a DataFrame with `id` and one column per indicator (the `score` command).
 
-    `indicators`: names or objects (default: the offline profile). `cache`: path
-    of a score store (or a ScoreCache), None for no caching. The frame's
-    `attrs["indicators"]` holds each indicator's params and `attrs["runs"]`
-    what each run computed or took from the cache.
+    `indicators`: names or objects; default: the `profile`'s set ("offline", or
+    "paper"). `models`, `device`, `batch_size`, `max_length`, `dtype` as the
+    command's options. `cache`: path of a score store (or a ScoreCache), None for
+    no caching. `attrs["indicators"]` holds each indicator's params,
+    `attrs["left_out"]` what the profile left out and why, `attrs["runs"]` what
+    each indicator computed or took from the cache.
     """
     import pandas as pd
 
-    if indicators is None:
-        from instructmining.indicators.profiles import build
-
-        built = build("offline").indicators
-    else:
-        built = resolve(indicators)
+    plan = plan_indicators(
+        indicators,
+        profile=profile,
+        models=models,
+        device=device,
+        batch_size=batch_size,
+        max_length=max_length,
+        dtype=dtype,
+    )
+    built = plan.indicators
     if chunk_size < 1:
         raise ValueError(f"The 'chunk_size' parameter of score must be >= 1. Got {chunk_size}.")
     store, owned = _open_cache(cache)
@@ -140,6 +152,7 @@ def score(
             store.close()
     frame = pd.DataFrame(columns)
     frame.attrs["indicators"] = {ind.name: ind.params() for ind in built}
+    frame.attrs["left_out"] = dict(plan.left_out)
     frame.attrs["runs"] = {name: run.to_dict() for name, run in runs.items()}
     return frame
 

@@ -223,3 +223,15 @@ def test_any_cached_subset_and_chunking_give_the_uncached_result(
     got = score(records, names, cache=cache, chunk_size=chunk)
     pd.testing.assert_frame_equal(got, score(records, names), check_exact=True)
     cache.close()
+
+
+def test_python_api_mirrors_the_command(monkeypatch):
+    records = _records(9)
+    frame = score(records, ["perplexity", "knn6"], models={"perplexity": "ngram"}, max_length=32)
+    assert list(frame.columns) == ["id", "perplexity", "knn6"] and frame.attrs["left_out"] == {}
+    assert "reward" in score(records).attrs["left_out"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InstructMiningError, match="--model"):
+        score(records, profile="paper")
+    with pytest.raises(ValueError, match="carry their own settings"):
+        score(records, [Counted()], device="cpu")
