@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from instructmining.indicators.cache import ScoreCache
 from instructmining.indicators.engine import cache_key, record_keys, score
@@ -19,6 +20,7 @@ SLOW_MODULE = '''
 import time
 
 import numpy as np
+import pytest
 
 from instructmining.indicators.base import Indicator
 
@@ -127,3 +129,42 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     third = score(records, ["mtld", Slow(), "knn6", "perplexity"], cache=cache, chunk_size=10)
     assert all(r["computed"] == 0 for r in third.attrs["runs"].values())
     pd.testing.assert_frame_equal(third, fresh, check_exact=True)
+
+
+@pytest.mark.slow
+def test_command_killed_then_rerun_writes_the_uninterrupted_output(shared_data, tmp_path):
+    data = shared_data / "pools" / "dolly_3k.json"
+    cache = tmp_path / "c.sqlite"
+    command = [sys.executable, "-m", "instructmining.cli", "score", str(data), "-q"]
+    full = subprocess.run(
+        [*command, "-o", str(tmp_path / "full.parquet"), "--no-cache"], capture_output=True
+    )
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*command, "-o", str(tmp_path / "s.parquet"), "--cache", str(cache)])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if cache.exists() and ScoreCache(cache).count() > 0:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the command ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tmp_path / "s.parquet").exists()
+    rerun = subprocess.run(
+        [*command, "-o", str(tmp_path / "s.parquet"), "--cache", str(cache)],
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    line = next(x for x in rerun.stdout.splitlines() if x.startswith(f"cache {cache}"))
+    reused = int(line.split(": ", 1)[1].split(" scores reused")[0])
+    assert reused > 0
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "s.parquet"),
+        pd.read_parquet(tmp_path / "full.parquet"),
+        check_exact=True,
+    )
