@@ -52,7 +52,10 @@ def run_with_ray(
 
     ray = _import_ray()
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        if address:
+            ray.init(address=address)
+        else:  # a private local instance for this run
+            ray.init(include_dashboard=False, log_to_driver=False)
     threads = max(1, int(cpus_per_task))
     task_settings = replace(settings, threads=settings.threads or threads)
     remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(run_task)
