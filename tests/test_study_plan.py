@@ -201,3 +201,17 @@ def test_study_plan_command(tmp_path: Path) -> None:
     assert again.exit_code == 1 and "--overwrite" in again.output
     bad = CliRunner().invoke(main, [*args[:-2], "--source", "nonsense", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "NAME=PATH" in bad.output
+
+
+def test_the_papers_eval_set_from_shared_data(shared_data: Path) -> None:
+    ev = shared_data / "eval"
+    built = build_eval_set(
+        [
+            ev / "self_instruct_user_oriented_252.jsonl",
+            ev / "vicuna80_questions.jsonl",
+            ev / "vicuna80_answers_gpt35.jsonl",
+        ]
+    )
+    assert len(built.records) == 252 + 80
+    assert built.parts["vicuna"] == 80
+    assert all(r.output.strip() for r in built.records)
