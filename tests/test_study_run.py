@@ -353,3 +353,13 @@ def test_kill_9_then_resume(study_dir: Path) -> None:
     assert len(after) == 3 and all(e.status == "done" for e in after.values())
     for cid, entry in before.items():
         assert after[cid] == entry  # finished before the kill: never rerun
+
+
+def test_keep_weights_saves_the_finetuned_model(study_dir: Path) -> None:
+    settings = runner.settings_for("tiny", keep_weights=True, **SMALL)
+    summary = runner.run_study(study_dir, settings, limit=1)
+    (cid,) = summary.done
+    saved = study_dir / "runs" / cid
+    assert (saved / "config.json").exists() and (saved / "tokenizer.json").exists()
+    runner.run_study(study_dir, runner.settings_for("tiny", **SMALL), limit=1)
+    assert sorted(p.name for p in (study_dir / "runs").iterdir()) == [cid]  # not kept by default
