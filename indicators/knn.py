@@ -139,6 +139,21 @@ class KNN(Indicator):
         )
         return kth_neighbor_distance(emb, ref_emb, self.k, exclude)
 
+    def embed(self, records: Sequence[Record]) -> np.ndarray:
+        """Unit-length embeddings of the records in this configuration's space.
+
+        The space is fitted on `records` (or on the reference set); `score` takes
+        its distances in exactly this space (selection's diversity pass reuses it).
+        """
+        self._check()
+        texts = [example_text(r) for r in records]
+        if not texts:
+            return np.empty((0, 0))
+        if self.reference is None:
+            return self._fit_embed(texts)
+        space, _, _ = self._reference_space()
+        return self._embed(space, texts)
+
     # --- backends -------------------------------------------------------------------------
 
     def _reference_space(self) -> tuple[Any, np.ndarray, list[str]]:

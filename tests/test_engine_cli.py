@@ -7,7 +7,20 @@ from click.testing import CliRunner
 from instructmining.cli import main
 from instructmining.indicators.profiles import OFFLINE_INDICATORS, PAPER_INDICATORS
 
-WORDS = ["sun", "moon", "river", "stone", "bread", "light", "paper", "cloud", "garden", "ocean", "music", "silver"]
+WORDS = [
+    "sun",
+    "moon",
+    "river",
+    "stone",
+    "bread",
+    "light",
+    "paper",
+    "cloud",
+    "garden",
+    "ocean",
+    "music",
+    "silver",
+]
 
 
 def run(*args):

@@ -158,3 +158,12 @@ def test_degenerate_spaces():
     # fewer texts or words than dimensions: the TF-IDF space itself
     got = create("knn6", k=1).score([make_record("a"), make_record("a"), make_record("b")])
     assert got[0] == got[1] == 0.0 and got[2] == pytest.approx(np.sqrt(2.0))
+
+
+def test_embed_is_the_space_score_uses(tmp_path):
+    records = _records(15, seed=8)
+    ind = create("knn6", k=2, dims=4)
+    emb = ind.embed(records)
+    assert emb.shape[0] == 15 and np.allclose(np.linalg.norm(emb, axis=1), 1.0)
+    np.testing.assert_allclose(ind.score(records), _brute(emb, 2), atol=1e-9)
+    assert create("knn6").embed([]).shape == (0, 0)
