@@ -150,6 +150,9 @@ def split_budget(prompt: int, response: int, budget: int) -> tuple[int, int]:
     return min(prompt, budget - keep_response), keep_response
 
 
+_MAX_RECUTS = 12  # re-encoding rounds before the middle cut (each cuts twice as much)
+
+
 @register
 class Reward(Indicator):
     """Reward-model score of the output given the prompt. Higher = response preferred by the RM.
@@ -322,8 +325,13 @@ class Reward(Indicator):
         prompt = keep_last_tokens(tokenizer, prompt, keep_prompt)
         response = keep_first_tokens(tokenizer, response, keep_response)
         features = self._encode(tokenizer, template, prompt, response)
-        # a template that merges tokens across a cut can leave a token or two over
-        while len(features["input_ids"]) > limit:
+        # A template that merges tokens across a cut can leave a token or two over, and
+        # text that does not survive decode/encode (unknown characters decoded as "<unk>")
+        # can even grow: cut a growing number of tokens, a bounded number of times.
+        step = 1
+        for _ in range(_MAX_RECUTS):
+            if len(features["input_ids"]) <= limit:
+                return features, True
             excess = len(features["input_ids"]) - limit
             n_prompt, n_response = _count(tokenizer, prompt), _count(tokenizer, response)
             if n_prompt == n_response == 0:
@@ -331,11 +339,17 @@ class Reward(Indicator):
                     f"The 'max_length' parameter of reward ({limit}) is shorter than the "
                     f"{template!r} template's own tokens; raise it."
                 )
+            cut = excess * step
             if n_prompt >= n_response:
-                prompt = keep_last_tokens(tokenizer, prompt, n_prompt - excess)
+                prompt = keep_last_tokens(tokenizer, prompt, max(n_prompt - cut, 0))
             else:
-                response = keep_first_tokens(tokenizer, response, n_response - excess)
+                response = keep_first_tokens(tokenizer, response, max(n_response - cut, 0))
             features = self._encode(tokenizer, template, prompt, response)
+            step *= 2
+        if len(features["input_ids"]) > limit:
+            # last resort: drop tokens from the middle, keeping the template's start and end
+            head = limit // 2
+            features = {k: v[:head] + v[len(v) - (limit - head) :] for k, v in features.items()}
         return features, True
 
     # --- scoring -------------------------------------------------------------------------

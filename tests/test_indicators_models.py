@@ -518,3 +518,28 @@ def test_non_finite_model_outputs_raise(tmp_path, records):
     t5.save_pretrained(str(t5_path))
     with pytest.raises(InstructMiningError, match="non-finite"):
         create("naturalness", model=str(t5_path), device="cpu").score(records)
+
+
+def test_reward_truncation_ends_on_real_text_that_does_not_survive_decoding(
+    tiny_reward_model, shared_data
+):
+    # dolly_3k row 1439 (IPA characters) once sent the re-truncation loop round forever:
+    # its text decodes to something that re-encodes longer with the tiny tokenizer.
+    import signal
+
+    from instructmining.readers import read_records
+
+    record = read_records(shared_data / "pools/dolly_3k.json").records[1439]
+    ind = create("reward", model=str(tiny_reward_model), device="cpu")
+
+    def too_slow(*_):
+        raise TimeoutError("reward truncation did not finish")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(60)
+    try:
+        value = ind.score([record])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert np.isfinite(value).all()
