@@ -27,9 +27,7 @@ def register(cls: type[Indicator]) -> type[Indicator]:
     return cls
 
 
-_BUILTIN_MODULES = ("length", "mtld", "knn", "perplexity")
-# model-backed modules written in parallel; skipped while they do not exist yet
-_OPTIONAL_MODULES = ("reward", "unieval")
+_BUILTIN_MODULES = ("length", "mtld", "knn", "perplexity", "reward", "unieval")
 
 
 def _load_builtins() -> None:
@@ -38,12 +36,6 @@ def _load_builtins() -> None:
 
     for module in _BUILTIN_MODULES:
         importlib.import_module(f"instructmining.indicators.{module}")
-    for module in _OPTIONAL_MODULES:
-        try:
-            importlib.import_module(f"instructmining.indicators.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"instructmining.indicators.{module}":
-                raise
 
 
 def _load_plugins() -> None:

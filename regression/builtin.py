@@ -17,7 +17,7 @@ from instructmining.regression.rule import Rule
 REWARD_MODEL = "OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5"
 UNIEVAL_MODEL = "MingZhong/unieval-dialog"
 #: the paper names "SentenceBERT" without a checkpoint; this is our assumption
-KNN_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+KNN_MODEL = "sentence-transformers/all-mpnet-base-v2"  # as the paper profile's knn6
 
 _PAPER = 'Cao et al., "Instruction Mining", arXiv:2307.06290'
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Tiny models spend more time synchronising threads than computing on 2 busy cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Command tests must not write the default score cache (./.instructmining) of the checkout.
+os.environ.setdefault("INSTRUCTMINING_CACHE", str(Path(tempfile.mkdtemp()) / "cache.sqlite"))
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

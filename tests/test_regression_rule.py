@@ -133,7 +133,7 @@ def test_builtin_paper_v1_prediction_by_hand():
     )
     assert rule.features == ("reward", "output_length", "knn6")
     assert rule.indicators["knn6"]["k"] == 6
-    assert "all-MiniLM-L6-v2" in rule.indicators["knn6"]["model"] and "SentenceBERT" in rule.notes
+    assert "all-mpnet-base-v2" in rule.indicators["knn6"]["model"] and "SentenceBERT" in rule.notes
     assert "LLaMA-7B" in rule.notes and "78 datasets" in rule.notes and "Vicuna" in rule.notes
     assert "arXiv:2307.06290" in rule.citation
 

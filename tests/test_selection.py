@@ -251,3 +251,19 @@ def test_cli_select(tmp_path):
         ],
     )
     assert result.exit_code == 2 and "'-k'" in result.output
+
+
+def test_select_with_diversity_uses_knn6_embeddings():
+    from instructmining.indicators.knn import KNN
+
+    records = pool(40)
+    records += [make_record(r.instruction + " again", "", r.output) for r in records[:10]]
+    sel = select(records, LENGTH_RULE, k=12, diversity=0.6)
+    emb = KNN().embed(records)
+    kept = emb[sel.indices]
+    sims = kept @ kept.T
+    np.fill_diagonal(sims, -1)
+    assert len(sel.indices) == 12 and sims.max() <= 0.6 + 1e-9
+    assert sel.rejected_for_diversity > 0
+    plain = select(records, LENGTH_RULE, k=12)
+    assert list(plain.indices) != list(sel.indices)

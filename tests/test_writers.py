@@ -85,3 +85,14 @@ def test_records_round_trip(tmp_path_factory, rows, fmt):
     assert [(r.instruction, r.input, r.output) for r in back.records] == [
         (a, b, c) for a, b, c in rows
     ]
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        out = write_rows(ROWS, tmp_path / "o.jsonl")
+    finally:
+        os.umask(mask)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)
