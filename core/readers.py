@@ -97,7 +97,8 @@ def read_records(
 
 # --- turning rows into records -------------------------------------------------------
 
-_Row = tuple[int, Mapping[str, Any] | None, str]  # (location, row or None, error or raw text)
+# (location, row or None, raw text of the row for the rejects file, error when row is None)
+_Row = tuple[int, Mapping[str, Any] | None, str, str]
 
 
 def _convert(
@@ -114,9 +115,9 @@ def _convert(
             raise DataError(reason, path=path, where=f"row {loc}")
         rejects.append(Reject(str(path), loc, reason, text[:2000]))
 
-    for loc, row, info in rows:
+    for loc, row, info, error in rows:
         if row is None:
-            fail(loc, info, "")
+            fail(loc, error, info)
             continue
         if schema is None:
             try:
@@ -182,12 +183,12 @@ def _jsonl_rows(path: Path, raw: bytes) -> tuple[Iterator[_Row], str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+                yield number, None, line, f"invalid JSON ({exc.msg} at column {exc.colno})"
                 continue
             if not isinstance(row, dict):
-                yield number, None, f"expected a JSON object, got {type(row).__name__}"
+                yield number, None, line, f"expected a JSON object, got {type(row).__name__}"
                 continue
-            yield number, row, line
+            yield number, row, line, ""
 
     return rows(), "line"
 
@@ -215,9 +216,14 @@ def _json_rows(path: Path, raw: bytes) -> tuple[Iterator[_Row], str]:
     def rows() -> Iterator[_Row]:
         for i, row in enumerate(doc, start=1):
             if isinstance(row, dict):
-                yield i, row, ""
+                yield i, row, "", ""
             else:
-                yield i, None, f"record {i} is a {type(row).__name__}, not an object"
+                yield (
+                    i,
+                    None,
+                    json.dumps(row)[:2000],
+                    f"record {i} is a {type(row).__name__}, not an object",
+                )
 
     return rows(), "row"
 
@@ -232,9 +238,9 @@ def _csv_rows(path: Path, raw: bytes) -> tuple[Iterator[_Row], str]:
         try:
             for row in reader:
                 if None in row:
-                    yield reader.line_num, None, "more values than header columns"
+                    yield reader.line_num, None, "", "more values than header columns"
                     continue
-                yield reader.line_num, row, ""
+                yield reader.line_num, row, "", ""
         except csv.Error as exc:
             raise DataError(f"malformed CSV ({exc})", path=path, line=reader.line_num) from None
 
@@ -256,7 +262,7 @@ def _table_rows(table: Any) -> Iterator[_Row]:
     start = 0
     for batch in table.to_batches(max_chunksize=4096):
         for i, row in enumerate(batch.to_pylist()):
-            yield start + i + 1, row, ""
+            yield start + i + 1, row, "", ""
         start += batch.num_rows
 
 

@@ -90,6 +90,7 @@ def test_broken_line_exit_2_then_skip(tmp_path):
         json.loads(line) for line in (tmp_path / "s.jsonl.rejects.jsonl").read_text().splitlines()
     ]
     assert [r["line"] for r in rejects] == [3]
+    assert rejects[0]["text"] == '{"instruction": "task 2", "output": '
     assert "skipped 1 rows" in result.output
 
 
