@@ -127,6 +127,15 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return table[dtype]
 
 
+def load_target(
+    spec: str, *, indicator: str, device: str, dtype: str, option: str | None = None
+) -> tuple[str, str, Any]:
+    """(checkpoint, device, torch dtype) for loading `spec`; fails fast like check_model_source."""
+    checked = check_model_source(spec, indicator=indicator, option=option)
+    where = resolve_device(device)
+    return checked, where, resolve_dtype(dtype, where)
+
+
 def cached_model(kind: str, spec: str, device: str, dtype: str, loader: Callable[[], T]) -> T:
     """Load once per process for (kind, spec, device, dtype); later calls reuse it."""
     key = (kind, spec, device, dtype)

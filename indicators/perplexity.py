@@ -148,14 +148,12 @@ class Perplexity(Indicator):
     def _load(self) -> tuple[Any, Any, str]:
         from instructmining.indicators.models import (
             cached_model,
-            check_model_source,
-            resolve_device,
-            resolve_dtype,
+            load_target,
         )
 
-        spec = check_model_source(str(self.model), indicator=self.name)
-        device = resolve_device(self.device)
-        torch_dtype = resolve_dtype(self.dtype, device)
+        spec, device, torch_dtype = load_target(
+            str(self.model), indicator=self.name, device=self.device, dtype=self.dtype
+        )
 
         def load() -> tuple[Any, Any]:
             try:

@@ -213,14 +213,12 @@ class Reward(Indicator):
         """(tokenizer, model on its device, the config's model_type), loaded once per process."""
         from instructmining.indicators.models import (
             cached_model,
-            check_model_source,
-            resolve_device,
-            resolve_dtype,
+            load_target,
         )
 
-        spec = check_model_source(str(self.model), indicator=self.name)
-        device = resolve_device(self.device)
-        torch_dtype = resolve_dtype(self.dtype, device)
+        spec, device, torch_dtype = load_target(
+            str(self.model), indicator=self.name, device=self.device, dtype=self.dtype
+        )
         remote = bool(self.trust_remote_code)
 
         def load() -> tuple[Any, Any, str | None]:

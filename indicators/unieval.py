@@ -73,14 +73,12 @@ def load_unieval(
     from instructmining.indicators._transformers import dtype_kwarg, quiet_transformers
     from instructmining.indicators.models import (
         cached_model,
-        check_model_source,
-        resolve_device,
-        resolve_dtype,
+        load_target,
     )
 
-    spec = check_model_source(spec, indicator=indicator, option="unieval")
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    spec, device, torch_dtype = load_target(
+        spec, indicator=indicator, device=device, dtype=dtype, option="unieval"
+    )
 
     def load() -> tuple[Any, Any, int, int]:
         try:
