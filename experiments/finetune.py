@@ -184,12 +184,15 @@ def train_examples(
 
 def load_causal_lm(spec: str, device: str) -> Any:
     """A causal LM from a local folder or hub id (checked first, so a typo fails fast)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
+    from instructmining.indicators._transformers import dtype_kwarg, quiet_transformers
     from instructmining.indicators.models import check_model_source
 
     source = check_model_source(spec, indicator="study base model", option="--base-model")
-    model: Any = AutoModelForCausalLM.from_pretrained(source, dtype="float32")
+    with quiet_transformers():
+        model: Any = AutoModelForCausalLM.from_pretrained(source, **{dtype_kwarg(): torch.float32})
     return model.to(device)
 
 

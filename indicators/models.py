@@ -67,8 +67,14 @@ def check_model_source(spec: str, *, indicator: str, option: str | None = None) 
     path = Path(spec).expanduser()
     if path.exists():
         return str(path)
+    # `option` may name a whole flag (e.g. "--base-model") instead of a --model key
+    flag = (
+        f"{key} /path/to/checkpoint"
+        if key.startswith("--")
+        else f"--model {key}=/path/to/checkpoint"
+    )
     fix = (
-        f"pass a local copy with --model {key}=/path/to/checkpoint, or download it "
+        f"pass a local copy with {flag}, or download it "
         "where there is network and set HF_HUB_OFFLINE=1 to use the cache"
     )
     if _looks_like_path(spec):
