@@ -70,8 +70,9 @@ from instructmining.cli.options import (
     "--cache",
     type=click.Path(path_type=Path),
     default=None,
-    help="Score cache (SQLite) reused across runs.",
+    help="Score cache (SQLite); default $INSTRUCTMINING_CACHE or ./.instructmining/cache.sqlite.",
 )
+@click.option("--no-cache", is_flag=True, help="Compute every score; read and write no cache.")
 @click.option(
     "--size",
     "size_mode",
@@ -118,6 +119,7 @@ def select_command(
     diversity: float | None,
     seed: int,
     cache: Path | None,
+    no_cache: bool,
     models: dict[str, str],
     device: str | None,
     batch_size: int | None,
@@ -143,6 +145,7 @@ def select_command(
       instructmining select pool.jsonl --rule rule.json --size auto --study study/ --budget 8 \\
           -o best.jsonl
     """
+    from instructmining.indicators.cache import default_cache_path
     from instructmining.progress import progress_enabled
     from instructmining.regression import load_rule
     from instructmining.selection import select_file
@@ -191,7 +194,7 @@ def select_command(
         models=models,
         device=device,
         batch_size=batch_size,
-        cache=cache,
+        cache=None if no_cache else (cache or default_cache_path()),
         progress=progress_enabled(quiet),
     )
     click.echo(f"selected {report.n_selected} of {report.n_pool} records -> {report.output}")

@@ -231,6 +231,24 @@ def test_cli_select(tmp_path):
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "sub.jsonl").read_text().splitlines()) == 5
     assert "selected 5 of 20" in result.output
+    cached = runner.invoke(
+        main,
+        [
+            "select",
+            str(data),
+            "--rule",
+            str(rule_path),
+            "-k",
+            "5",
+            "--cache",
+            str(tmp_path / "c.sqlite"),
+            "-o",
+            str(tmp_path / "sub4.jsonl"),
+        ],
+    )
+    assert cached.exit_code == 0, cached.output
+    assert (tmp_path / "c.sqlite").exists()
+    assert (tmp_path / "sub4.jsonl").read_text() == (tmp_path / "sub.jsonl").read_text()
     result = runner.invoke(
         main,
         ["select", str(data), "--rule", "paper-v1", "-k", "5", "-o", str(tmp_path / "sub2.jsonl")],
