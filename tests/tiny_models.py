@@ -137,6 +137,20 @@ def save_tokenizer(
     return AutoTokenizer.from_pretrained(str(directory))
 
 
+def _wordpiece_tokenizer(folder: Path) -> Any:
+    """A BERT-style WordPiece tokenizer saved in `folder` (shared by the BERT builders)."""
+    return save_tokenizer(
+        folder,
+        "wordpiece",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+
+
 def _seed(seed: int) -> None:
     import torch
 
@@ -269,16 +283,7 @@ def build_sentence_transformer(directory: str | Path, *, seed: int = 0) -> Path:
 
     out = Path(directory)
     base = out.parent / f"{out.name}-bert"
-    tok = save_tokenizer(
-        base,
-        "wordpiece",
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=128,
-    )
+    tok = _wordpiece_tokenizer(base)
     _seed(seed)
     config = BertConfig(
         vocab_size=len(tok),
@@ -359,16 +364,7 @@ def build_encoder_reward_model(directory: str | Path, *, seed: int = 0) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
     out = Path(directory)
-    tok = save_tokenizer(
-        out,
-        "wordpiece",
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=128,
-    )
+    tok = _wordpiece_tokenizer(out)
     _seed(seed)
     config = BertConfig(
         vocab_size=len(tok),
