@@ -225,11 +225,11 @@ def select_candidates(
 
 def score_candidate(study: Study, candidate_id: str, indicators: Sequence[Any]) -> dict[str, Any]:
     """Mean of every study indicator over the candidate, scored through the study cache."""
-    from instructmining.experiments.scoring import score_records
+    from instructmining.indicators.engine import score
 
     records = study.candidate_records(candidate_id)
     start = time.perf_counter()
-    frame = score_records(records, indicators, cache=study.cache_dir)
+    frame = score(records, list(indicators), cache=study.cache_dir)
     columns = [c for ind in indicators for c in ind.columns]
     return {**indicator_means(frame, columns), "score_s": time.perf_counter() - start}
 
@@ -272,8 +272,8 @@ def run_study(
     on_result: Callable[[str, str, dict[str, Any] | str], None] | None = None,
 ) -> RunSummary:
     """Run every unfinished candidate of the study at `path` (see the module docstring)."""
-    from instructmining.experiments.scoring import build_indicators
     from instructmining.experiments.store import ResultsStore
+    from instructmining.indicators.registry import from_params
 
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
@@ -289,7 +289,7 @@ def run_study(
     start = time.perf_counter()
     if not todo:
         return summary
-    indicators = build_indicators(study.indicator_params)
+    indicators = [from_params(p) for p in study.indicator_params]
     base = prepare_base(study, settings, progress=progress)
 
     def finish(cid: str, row: dict[str, Any] | None, error: str | None, wall: float) -> None:

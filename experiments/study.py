@@ -82,11 +82,9 @@ def create_study(
     """Plan a study: read sources and D_eval, drop overlap, draw candidates, write the folder."""
     from instructmining.experiments import plan
     from instructmining.experiments.evalset import build_eval_set, remove_overlap
-    from instructmining.experiments.scoring import (
-        build_indicators,
-        default_indicators,
-        score_records,
-    )
+    from instructmining.indicators.engine import score
+    from instructmining.indicators.profiles import OFFLINE_INDICATORS
+    from instructmining.indicators.registry import from_params
     from instructmining.readers import read_records
 
     out = Path(out_dir)
@@ -121,16 +119,16 @@ def create_study(
             "D_eval overlap and duplicates; lower --size or add sources"
         )
 
-    names = list(indicators) if indicators else default_indicators()
-    built = build_indicators(names)
+    names = list(indicators) if indicators else list(OFFLINE_INDICATORS)
+    built = [from_params(n) for n in names]
     out.mkdir(parents=True, exist_ok=True)
     (out / "candidates").mkdir(exist_ok=True)
     candidates = plan.mixture_candidates(ids_by_source, n=n_mixtures, size=size, seed=seed)
     if univariate:
         by_name = {ind.name: ind for ind in built}
         extra = [n for n in univariate if n not in by_name]
-        uni = by_name | {ind.name: ind for ind in build_indicators(extra)}
-        frame = score_records(
+        uni = by_name | {ind.name: ind for ind in map(from_params, extra)}
+        frame = score(
             pool, [uni[n] for n in univariate], cache=out / "scores.sqlite", progress=progress
         )
         pool_ids = [r.id for r in pool]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -71,3 +72,15 @@ def indicator_class(name: str) -> type[Indicator]:
 def create(name: str, **settings: Any) -> Indicator:
     """Build the indicator `name` with keyword settings."""
     return indicator_class(name)(**settings)
+
+
+#: keys of `Indicator.params()` that describe an indicator rather than configure it
+DESCRIPTIVE_PARAMS = ("name", "backend", "version")
+
+
+def from_params(spec: str | Mapping[str, Any]) -> Indicator:
+    """Rebuild an indicator from a name or a stored `params()` dict (rules, study manifests)."""
+    if isinstance(spec, str):
+        return create(spec)
+    settings = {k: v for k, v in spec.items() if k not in DESCRIPTIVE_PARAMS}
+    return create(str(spec["name"]), **settings)

@@ -26,8 +26,7 @@ from instructmining.errors import InstructMiningError, ParameterError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.engine import score
 from instructmining.indicators.knn import KNN
-from instructmining.indicators.models import check_model_source
-from instructmining.indicators.registry import create
+from instructmining.indicators.registry import DESCRIPTIVE_PARAMS, from_params
 from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection.diversity import diverse_prefix
@@ -37,10 +36,6 @@ from instructmining.selection.strategies import (
     order_by_value,
     random_order,
 )
-
-_META = ("name", "backend", "version")
-#: --model keys that set several indicators at once
-MODEL_GROUPS = {"unieval": ("naturalness", "coherence", "understandability")}
 
 
 class MissingIndicatorError(InstructMiningError):
@@ -73,49 +68,55 @@ def rule_indicators(
 ) -> list[Indicator]:
     """Rebuild the indicators a rule was fitted with; `models` overrides checkpoints by name.
 
-    Fails before any work when a needed checkpoint cannot be loaded here, naming the
-    indicator and how to provide it.
+    Fails before any work when a needed indicator is not registered or its checkpoint
+    cannot be loaded here, naming it and how to provide it.
     """
-    overrides = dict(models or {})
-    for group, members in MODEL_GROUPS.items():
-        if group in overrides:
-            for member in members:
-                overrides.setdefault(member, overrides[group])
-    unknown = set(overrides) - set(rule.features) - set(MODEL_GROUPS)
+    from instructmining.indicators import profiles
+    from instructmining.indicators.registry import registered
+
+    missing = [name for name in rule.features if name not in registered()]
+    if missing:
+        raise MissingIndicatorError(
+            f"the rule {rule.name!r} needs indicator {missing[0]!r}, which is not registered "
+            f"here (registered: {', '.join(sorted(registered()))}); install the plugin that "
+            "provides it"
+        )
+    models = dict(models or {})
+    try:
+        unknown = set(profiles.expand_models(models)) - set(rule.features)
+    except KeyError as exc:
+        raise InstructMiningError(str(exc.args[0])) from None
     if unknown:
         raise InstructMiningError(
             f"--model {', '.join(sorted(unknown))}: the rule {rule.name!r} does not use "
             f"{'it' if len(unknown) == 1 else 'them'} (it uses {', '.join(rule.features)})"
         )
-    built: list[Indicator] = []
-    for name in rule.features:
-        params = dict(rule.indicators.get(name) or {"name": name})
-        settings = {k: v for k, v in params.items() if k not in _META}
-        if name in overrides:
-            settings["model"] = overrides[name]
-        runtime = {"device": device, "batch_size": batch_size}
-        try:
-            ind = create(name, **settings)
-        except KeyError as exc:
-            raise MissingIndicatorError(
-                f"the rule {rule.name!r} needs indicator {name!r}, which is not registered here "
-                f"({exc.args[0]}); install the plugin that provides it"
-            ) from None
-        for key, value in runtime.items():
-            if value is not None and hasattr(ind, key):
-                setattr(ind, key, value)
-        model = getattr(ind, "model", None)
-        if ind.needs_model and isinstance(model, str) and ind.backend not in ("tfidf-svd", "ngram"):
-            key = next((g for g, m in MODEL_GROUPS.items() if name in m), name)
-            try:
-                check_model_source(model, indicator=name, option=key)
-            except InstructMiningError as exc:
-                raise MissingIndicatorError(
-                    f"the rule {rule.name!r} needs {name!r} from checkpoint {model!r}, which "
-                    f"cannot be loaded here: {exc}"
-                ) from None
-        built.append(ind)
-    return built
+    stored = {
+        name: {
+            k: v
+            for k, v in (rule.indicators.get(name) or {}).items()
+            if k not in DESCRIPTIVE_PARAMS
+        }
+        for name in rule.features
+    }
+    try:
+        plan = profiles.build(
+            names=rule.features,
+            models=models,
+            settings=stored,
+            device=device,
+            batch_size=batch_size,
+        )
+    except KeyError as exc:
+        raise MissingIndicatorError(
+            f"the rule {rule.name!r} needs an indicator that is not registered here "
+            f"({exc.args[0]}); install the plugin that provides it"
+        ) from None
+    except InstructMiningError as exc:
+        raise MissingIndicatorError(
+            f"the rule {rule.name!r} needs a checkpoint that cannot be loaded here: {exc}"
+        ) from None
+    return plan.indicators
 
 
 def subset_size(n: int, *, k: int | None, fraction: float | None) -> int | None:
@@ -245,8 +246,8 @@ def select(
 
 def _embeddings(records: Sequence[Record], rule: Rule | None) -> np.ndarray:
     """L2-normalised embeddings from the rule's knn6 configuration (offline TF-IDF by default)."""
-    params = dict((rule.indicators.get("knn6") if rule is not None else None) or {"name": "knn6"})
-    knn = create("knn6", **{k: v for k, v in params.items() if k not in _META})
+    params = (rule.indicators.get("knn6") if rule is not None else None) or {"name": "knn6"}
+    knn = from_params(params)
     if not isinstance(knn, KNN):
         raise InstructMiningError("--diversity needs the built-in knn6 indicator's embeddings")
     return np.asarray(knn.embed(records), dtype=np.float64)
