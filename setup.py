@@ -15,6 +15,7 @@ ROOT = Path(__file__).parent
 FOLDERS = {
     "core": "instructmining",
     "cli": "instructmining.cli",
+    "models": "instructmining.models",
     "indicators": "instructmining.indicators",
     "regression": "instructmining.regression",
     "selection": "instructmining.selection",

@@ -68,5 +68,9 @@ def _register_commands() -> None:
     main.add_command(fit.fit_command)
     main.add_command(fit.rule_group)
 
+    from instructmining.cli import models
+
+    main.add_command(models.models_command)
+
 
 _register_commands()

@@ -110,7 +110,7 @@ def _parse_models(
 )
 @click.option(
     "--profile",
-    type=click.Choice(["offline", "paper"]),
+    type=click.Choice(["local", "lite", "offline", "paper"]),
     default=None,
     help="offline (default): every indicator that needs no downloaded weights; "
     "paper: the paper's nine indicators and checkpoints.",

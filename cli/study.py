@@ -90,6 +90,27 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Comma-separated indicators: sort the pooled sources by each and cut --bins bins.",
 )
 @click.option("--bins", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--bin-sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cut the univariate bins over a seeded random sample of this many pool records "
+    "(default: the whole pool); model-backed indicators on a CPU need it.",
+)
+@click.option(
+    "--source-map",
+    "source_maps",
+    multiple=True,
+    metavar="NAME:MAP",
+    help="Field map for one source, as score's --map (e.g. hh_rejected:transcript=rejected).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["local", "lite", "offline", "paper"]),
+    default=None,
+    help="Indicator profile whose models the study uses (default: local when its packaged "
+    "models are installed, else lite).",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "-i",
@@ -116,6 +137,9 @@ def plan_command(
     size: int,
     univariate: list[str] | None,
     bins: int,
+    bin_sample: int | None,
+    source_maps: tuple[str, ...],
+    profile: str | None,
     seed: int,
     indicators: list[str] | None,
     out_dir: Path,
@@ -132,6 +156,14 @@ def plan_command(
     from instructmining.experiments.study import create_study
     from instructmining.progress import progress_enabled
 
+    maps: dict[str, str] = {}
+    for spec in source_maps:
+        name, sep, fmap = spec.partition(":")
+        if not sep or not name.strip() or not fmap.strip():
+            raise click.BadParameter(
+                f"expected NAME:FIELD=SOURCE[,...], got {spec!r}", param_hint="--source-map"
+            )
+        maps[name.strip()] = fmap.strip()
     report = create_study(
         out_dir,
         sources=sources,
@@ -140,6 +172,9 @@ def plan_command(
         size=size,
         univariate=univariate or [],
         bins=bins,
+        bin_sample=bin_sample,
+        source_maps=maps,
+        profile=profile,
         seed=seed,
         indicators=indicators,
         overwrite=overwrite,
@@ -175,6 +210,25 @@ def plan_command(
 )
 @click.option("--seed", type=int, default=None, help="Training seed (default 0).")
 @click.option("--lora-r", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--template",
+    type=click.Choice(["auto", "alpaca", "chat"]),
+    default=None,
+    help="Prompt layout; default auto: the model's chat template when it has one (alpaca for tiny).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16-mixed"]),
+    default=None,
+    help="Default auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 "
+    "(fp32 for tiny).",
+)
+@click.option(
+    "--only",
+    default=None,
+    metavar="IDS",
+    help="Comma-separated candidate ids to run (e.g. seed reruns with --seed).",
+)
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option(
     "--workers",
@@ -212,6 +266,7 @@ def run_command(
     force: bool,
     retry_failed: bool,
     limit: int | None,
+    only: str | None,
     quiet: bool,
     **options: Any,
 ) -> None:
@@ -250,6 +305,7 @@ def run_command(
         force=force,
         retry_failed=retry_failed,
         limit=limit,
+        only=[c.strip() for c in only.split(",") if c.strip()] if only else None,
         ray_address=ray_address,
         cpus_per_task=cpus_per_task,
         gpus_per_task=gpus_per_task,
@@ -258,20 +314,32 @@ def run_command(
     )
     click.echo(
         f"{len(summary.done)} done, {len(summary.failed)} failed, {summary.skipped} already "
-        f"recorded, in {summary.seconds:.1f} s"
+        f"recorded, in {summary.seconds:.1f} s (configuration {summary.config})"
     )
 
 
 @study_group.command("status")
 @click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-v", "--verbose", is_flag=True, help="One line per candidate.")
-def status_command(study_dir: Path, verbose: bool) -> None:
+@click.option(
+    "--config",
+    default=None,
+    help="Training configuration to show (default: the one with the most finished candidates).",
+)
+def status_command(study_dir: Path, verbose: bool, config: str | None) -> None:
     """Show done / pending / failed candidates with their timings."""
+    from instructmining.experiments.fitting import main_config
     from instructmining.experiments.store import ResultsStore
     from instructmining.experiments.study import Study
 
     study = Study(study_dir)
-    entries = ResultsStore(study.results_path).entries()
+    configs = ResultsStore(study.results_path).configs()
+    chosen = main_config(study) if config is None else config
+    if len(configs) > 1 or config is not None:
+        for c, (d, f) in configs.items():
+            mark = "*" if c == chosen else " "
+            click.echo(f"{mark} configuration {c or '(unnamed)'}: {d} done, {f} failed")
+    entries = ResultsStore(study.results_path, chosen).entries()
     done = [e for e in entries.values() if e.status == "done"]
     failed = [e for e in entries.values() if e.status == "failed"]
     ids = [c["candidate_id"] for c in study.candidates]
@@ -305,6 +373,39 @@ def status_command(study_dir: Path, verbose: bool) -> None:
             click.echo(f"  {e.candidate_id}  failed: {e.error}")
 
 
+@study_group.command("export")
+@click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV or Parquet file (default: STUDY_DIR/results.csv).",
+)
+def export_command(study_dir: Path, output: Path | None) -> None:
+    """Write every finished row of every configuration to one table (e.g. to commit it).
+
+    `instructmining fit` reads the table as it is; `study fit` fits one configuration.
+    """
+    import pandas as pd
+
+    from instructmining.experiments.store import ResultsStore
+    from instructmining.experiments.study import Study
+    from instructmining.writers import write_rows
+
+    study = Study(study_dir)
+    frames = []
+    for config in ResultsStore(study.results_path).configs():
+        table = ResultsStore(study.results_path, config).table()
+        if not table.empty:
+            frames.append(table.assign(config=config))
+    if not frames:
+        raise click.ClickException(f"{study_dir}: no finished candidates yet")
+    table = pd.concat(frames, ignore_index=True)
+    path = write_rows(table, output or study.path / "results.csv", overwrite=True)
+    click.echo(f"{len(table)} rows from {len(frames)} configuration(s) -> {path}")
+
+
 @study_group.command("fit")
 @click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -313,14 +414,23 @@ def status_command(study_dir: Path, verbose: bool) -> None:
     metavar="NAMES",
     help="Indicator columns to consider (default: all).",
 )
+@click.option(
+    "--config",
+    default=None,
+    help="The training configuration to fit (see `study status`); default: the one with "
+    "the most finished candidates.",
+)
 @overwrite_option
-def fit_command(study_dir: Path, features: str | None, overwrite: bool) -> None:
+def fit_command(study_dir: Path, features: str | None, overwrite: bool, config: str | None) -> None:
     """Fit the loss rule on STUDY_DIR's results; writes STUDY_DIR/fit/rule.json and a report."""
     from instructmining.experiments.fitting import fit_study
 
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
-    fit = fit_study(study_dir, features=names, overwrite=overwrite)
-    click.echo(f"fitted on {fit.n_rows} candidates; rule: {fit.rule_path}; report in {fit.folder}")
+    fit = fit_study(study_dir, features=names, overwrite=overwrite, config=config)
+    click.echo(
+        f"fitted on {fit.n_rows} candidates of configuration {fit.config or '(unnamed)'}; "
+        f"rule: {fit.rule_path}; report in {fit.folder}"
+    )
     summary = getattr(fit.result, "summary", None)
     if callable(summary):
         click.echo(str(summary()))

@@ -25,6 +25,7 @@ from instructmining.experiments.runner import (
     RunSettings,
     describe_error,
     prepare_base,
+    resolve_settings,
     train_and_evaluate,
 )
 from instructmining.experiments.store import ResultsStore
@@ -146,6 +147,8 @@ def compare_strategies(
             f"--size {size} exceeds the {len(records)} pool records left after removing "
             f"{removed['pool']} that overlap D_eval"
         )
+    base = prepare_base(study, settings, progress=progress)
+    settings = resolve_settings(settings, base)
     key = _fingerprint(
         sorted(r.id for r in records),
         rule.to_dict(),
@@ -158,7 +161,6 @@ def compare_strategies(
     folder.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(folder / "runs.sqlite")
     done = store.entries()
-    base = prepare_base(study, settings, progress=progress)
     subsets: dict[tuple[str, int], list[Record]] = {}
     for strategy in strategies:
         for seed in range(seeds):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from instructmining.experiments.finetune import collate, length_batches
+from instructmining.experiments.finetune import autocast_context, collate, length_batches
 from instructmining.experiments.template import IGNORE, encode_all
 from instructmining.records import Record
 
@@ -43,6 +43,8 @@ def eval_loss(
     max_length: int = 512,
     batch_size: int = 16,
     device: str = "cpu",
+    template: str = "alpaca",
+    precision: str = "fp32",
 ) -> EvalResult:
     """Mean NLL per response token of `records` under `model` (see the module docstring)."""
     import torch
@@ -51,7 +53,7 @@ def eval_loss(
     if not records:
         raise ValueError("the evaluation set is empty")
     start = time.perf_counter()
-    examples = encode_all(tokenizer, records, max_length)
+    examples = encode_all(tokenizer, records, max_length, template)
     lengths = [len(x) for x, _ in examples]
     sums = [0.0] * len(examples)
     counts = [0] * len(examples)
@@ -61,7 +63,8 @@ def eval_loss(
             ids, mask, labels = collate(
                 [examples[i] for i in batch], tokenizer.pad_token_id, device
             )
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            with autocast_context(precision, device):
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
             nll = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)),

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from instructmining.experiments.template import IGNORE, TEMPLATE_NAME, encode_all
+from instructmining.experiments.template import IGNORE, TEMPLATE_NAME, TEMPLATES, encode_all
 from instructmining.records import Record
+
+PRECISIONS = ("fp32", "bf16-mixed")
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,21 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    #: prompt layout: "alpaca" or "chat" (the tokenizer's chat template); see `template`
+    template: str = "alpaca"
+    #: "fp32", or "bf16-mixed" (fp32 master weights, bf16 autocast; where bf16 is fast)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.template not in (*TEMPLATES, "auto"):
+            raise ValueError(
+                f"TrainConfig.template must be one of {', '.join(TEMPLATES)}, got {self.template!r}"
+            )
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise ValueError(
+                f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, "
+                f"got {self.precision!r}"
+            )
         for name in ("epochs", "batch_size", "max_length", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -50,8 +65,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
     def key(self) -> str:
-        """Stable hash of the settings and the prompt template."""
-        blob = json.dumps({**asdict(self), "template": TEMPLATE_NAME}, sort_keys=True)
+        """Stable hash of the settings and the prompt template ("auto" must be resolved first)."""
+        if "auto" in (self.template, self.precision):
+            raise ValueError("resolve the 'auto' template and precision before hashing a config")
+        layout = TEMPLATE_NAME if self.template == "alpaca" else self.template
+        blob = json.dumps({**asdict(self), "template": layout}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -152,6 +170,7 @@ def train_examples(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, factor)
+    autocast = autocast_context(config.precision, device)
     model.train()
     tokens = target = steps = 0
     first = last = float("nan")
@@ -160,8 +179,9 @@ def train_examples(
         for _ in range(config.epochs):
             for batch in length_batches(lengths, config.batch_size, rng):
                 ids, mask, labels = collate([examples[i] for i in batch], pad_id, device)
-                out = model(input_ids=ids, attention_mask=mask, labels=labels)
-                loss = out.loss
+                with autocast:
+                    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+                loss = out.loss.float()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss.item()} at step {steps}")
                 optim.zero_grad(set_to_none=True)
@@ -182,13 +202,31 @@ def train_examples(
     return TrainStats(steps, tokens, target, time.perf_counter() - start, first, last)
 
 
+def autocast_context(precision: str, device: str) -> Any:
+    """bf16 autocast for "bf16-mixed" (weights stay fp32), else a no-op context."""
+    import contextlib
+
+    import torch
+
+    if precision != "bf16-mixed":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+def default_precision(device: str) -> str:
+    """ "bf16-mixed" where bf16 is fast on `device` (AMX/AVX-512 BF16 CPUs, recent GPUs), else "fp32"."""
+    from instructmining.models.loading import bf16_supported
+
+    return "bf16-mixed" if bf16_supported(device) else "fp32"
+
+
 def load_causal_lm(spec: str, device: str) -> Any:
     """A causal LM from a local folder or hub id (checked first, so a typo fails fast)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from instructmining.indicators._transformers import dtype_kwarg, quiet_transformers
-    from instructmining.indicators.models import check_model_source
+    from instructmining.models.hf import dtype_kwarg, quiet_transformers
+    from instructmining.models.loading import check_model_source
 
     source = check_model_source(spec, indicator="study base model", option="--base-model")
     with quiet_transformers():
@@ -200,6 +238,9 @@ def load_tokenizer(spec: str) -> Any:
     """The tokenizer of a base model, with a pad token (EOS when it has none)."""
     from transformers import AutoTokenizer
 
+    from instructmining.models.loading import check_model_source
+
+    spec = check_model_source(spec, indicator="study base model", option="--base-model")
     tok = AutoTokenizer.from_pretrained(spec)
     if tok.eos_token_id is None:
         raise ValueError(f"{spec}: the tokenizer has no EOS token; the template needs one")
@@ -250,7 +291,7 @@ def finetune(
     model = load_causal_lm(base, device)
     if config.lora:
         model = add_lora(model, config)
-    examples = encode_all(tok, records, config.max_length)
+    examples = encode_all(tok, records, config.max_length, config.template)
     stats = train_examples(
         model, examples, config, pad_id=tok.pad_token_id, device=device, progress=progress
     )

@@ -22,11 +22,27 @@ class StudyFit:
     rule_path: Path
     n_rows: int
     features: list[str]
+    config: str = ""
 
 
-def results_table(study: Study) -> Any:
-    """The finished candidates' rows (indicator means, eval_loss, metadata) as a DataFrame."""
-    table = ResultsStore(study.results_path).table()
+def main_config(study: Study) -> str:
+    """The configuration with the most finished candidates (ties: the earliest)."""
+    return ResultsStore(study.results_path).config
+
+
+def results_table(study: Study, config: str | None = None) -> Any:
+    """One configuration's finished rows (indicator means, eval_loss, metadata) as a DataFrame.
+
+    `config` None: the configuration with the most finished candidates.
+    """
+    known = ResultsStore(study.results_path).configs()
+    if config is not None and known and config not in known:
+        raise InstructMiningError(
+            f"{study.path}: no results for configuration {config!r}; it holds "
+            + ", ".join(f"{c or '(unnamed)'} ({d} done)" for c, (d, _) in known.items())
+        )
+    chosen = main_config(study) if config is None else config
+    table = ResultsStore(study.results_path, chosen).table()
     if table.empty:
         raise InstructMiningError(
             f"{study.path}: no finished candidates yet; run `instructmining study run {study.path}`"
@@ -40,13 +56,19 @@ def fit_study(
     features: list[str] | None = None,
     out_dir: str | Path | None = None,
     overwrite: bool = False,
+    config: str | None = None,
     **fit_options: Any,
 ) -> StudyFit:
     """Fit a rule on the study's results; write results.csv, rule.json and the report."""
+    from instructmining.indicators.spec import check_params
     from instructmining.regression import fit_rule
 
     study = Study(path)
-    table = results_table(study)
+    # stored settings are copied into the rule: checked as data first (the code version
+    # is checked where scores are computed: `study run`, `select`)
+    for stored in study.indicator_params:
+        check_params(stored, source=study.path / "study.json", check_version=False)
+    table = results_table(study, config)
     params = {p["name"]: p for p in study.indicator_params}
     columns = [c for c in params if c in table.columns]
     chosen = features if features else columns
@@ -74,4 +96,5 @@ def fit_study(
     )
     result.write_report(folder, overwrite=True)
     result.rule.save(rule_path, overwrite=True)
-    return StudyFit(result, folder, table_path, rule_path, len(table), chosen)
+    used = str(table["config"].iloc[0]) if "config" in table.columns else ""
+    return StudyFit(result, folder, table_path, rule_path, len(table), chosen, used)

@@ -28,6 +28,12 @@ TINY = "tiny"
 #: finetuning defaults for the tiny base, chosen so that 40 candidates x 1,000
 #: examples fit in 30 minutes on 2 CPU cores (see the README's study section)
 TINY_TRAIN = TrainConfig(epochs=1, lr=1e-3, batch_size=16, warmup_ratio=0.05, max_length=256)
+#: finetuning defaults for a real base such as SmolLM2-135M on a CPU: one epoch, the
+#: learning rate of the pilot in docs/study.md, the model's own chat template when
+#: it has one, bf16 autocast where bf16 is fast (both resolved by `resolve_settings`)
+REAL_TRAIN = TrainConfig(
+    epochs=1, lr=5e-5, batch_size=8, max_length=512, template="auto", precision="auto"
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,21 @@ class RunSettings:
     #: size and pretraining of the `tiny` base (None: TinyBaseConfig defaults)
     tiny: TinyBaseConfig | None = None
 
+    def config_key(self) -> str:
+        """The results store's configuration: base model and training settings, hashed."""
+        import hashlib
+        import json
+
+        blob = json.dumps(
+            {
+                "base": self.base_model,
+                "train": self.train.key(),
+                "tiny": asdict(self.tiny) if self.tiny else None,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
     def cpu_threads(self) -> int:
         """The torch thread count this run uses."""
         if self.threads:
@@ -60,12 +81,14 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)
     skipped: int = 0
     seconds: float = 0.0
+    config: str = ""
+    settings: RunSettings | None = None
 
 
 def prepare_base(study: Study, settings: RunSettings, *, progress: bool = False) -> str:
     """The base model path or id; builds the study's tiny base once when asked for `tiny`."""
     if settings.base_model != TINY:
-        from instructmining.indicators.models import check_model_source
+        from instructmining.models.loading import check_model_source
 
         # every candidate would fail the same way: stop before the first one
         return check_model_source(
@@ -73,7 +96,7 @@ def prepare_base(study: Study, settings: RunSettings, *, progress: bool = False)
         )
     from instructmining.experiments.finetune import set_threads
     from instructmining.experiments.tiny_base import build_tiny_base
-    from instructmining.indicators.models import resolve_device
+    from instructmining.models.loading import resolve_device
 
     folder = study.path / "base" / TINY
     cfg = replace(
@@ -90,6 +113,20 @@ def prepare_base(study: Study, settings: RunSettings, *, progress: bool = False)
         progress=progress,
     )
     return str(folder)
+
+
+def resolve_settings(settings: RunSettings, base: str) -> RunSettings:
+    """Settings with "auto" template and precision decided for this base and device."""
+    from instructmining.experiments.finetune import default_precision, load_tokenizer
+    from instructmining.models.loading import resolve_device
+
+    train = settings.train
+    if train.template == "auto":
+        tok = load_tokenizer(base)
+        train = replace(train, template="chat" if getattr(tok, "chat_template", None) else "alpaca")
+    if train.precision == "auto":
+        train = replace(train, precision=default_precision(resolve_device(settings.device)))
+    return replace(settings, train=train)
 
 
 def indicator_means(frame: Any, columns: Sequence[str]) -> dict[str, float]:
@@ -109,7 +146,7 @@ def train_and_evaluate(
     """Finetune `base` on `records`, then the eval loss on D_eval; the timing/loss fields."""
     from instructmining.experiments.evaluate import eval_loss
     from instructmining.experiments.finetune import finetune, load_tokenizer, set_threads
-    from instructmining.indicators.models import resolve_device
+    from instructmining.models.loading import resolve_device
 
     set_threads(settings.cpu_threads())
     device = resolve_device(settings.device)
@@ -130,6 +167,8 @@ def train_and_evaluate(
         max_length=settings.train.max_length,
         batch_size=settings.eval_batch_size,
         device=device,
+        template=settings.train.template,
+        precision=settings.train.precision,
     )
     return {
         "eval_loss": ev.loss,
@@ -202,11 +241,12 @@ def select_candidates(
     force: bool = False,
     retry_failed: bool = False,
     only: Sequence[str] | None = None,
+    config: str = "",
 ) -> list[dict[str, Any]]:
     """Candidates to run now, in plan order: not done (and not failed, unless retried)."""
     from instructmining.experiments.store import ResultsStore
 
-    entries = ResultsStore(study.results_path).entries()
+    entries = ResultsStore(study.results_path, config).entries()
     chosen = []
     wanted = set(only) if only else None
     for cand in study.candidates:
@@ -248,7 +288,12 @@ def base_row(study: Study, cand: Mapping[str, Any], settings: RunSettings) -> di
         **drawn,
         "base_model": settings.base_model,
         "lora": settings.train.lora,
+        "config": settings.config_key(),
         "config_hash": settings.train.key(),
+        "template": settings.train.template,
+        "precision": settings.train.precision,
+        "max_length": settings.train.max_length,
+        "batch_size": settings.train.batch_size,
         "seed": settings.train.seed,
         "epochs": settings.train.epochs,
         "lr": settings.train.lr,
@@ -280,17 +325,22 @@ def run_study(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     study = Study(path)
-    store = ResultsStore(study.results_path)
-    todo = select_candidates(study, force=force, retry_failed=retry_failed, only=only)
-    skipped = len(study.candidates) - len(todo)
+    # the manifest's stored settings are checked before any work (indicators.spec)
+    manifest = study.path / "study.json"
+    indicators = [from_params(p, source=manifest) for p in study.indicator_params]
+    base = prepare_base(study, settings, progress=progress)
+    settings = resolve_settings(settings, base)
+    store = ResultsStore(study.results_path, settings.config_key())
+    todo = select_candidates(
+        study, force=force, retry_failed=retry_failed, only=only, config=store.config
+    )
+    skipped = (len(only) if only else len(study.candidates)) - len(todo)
     if limit is not None:
         todo = todo[:limit]
-    summary = RunSummary(skipped=skipped)
+    summary = RunSummary(skipped=skipped, config=store.config, settings=settings)
     start = time.perf_counter()
     if not todo:
         return summary
-    indicators = [from_params(p) for p in study.indicator_params]
-    base = prepare_base(study, settings, progress=progress)
 
     def finish(cid: str, row: dict[str, Any] | None, error: str | None, wall: float) -> None:
         if error is None and row is not None:
@@ -416,7 +466,7 @@ def settings_for(base_model: str, **overrides: Any) -> RunSettings:
     unknown = set(overrides) - set(train_over) - set(run_over)
     if unknown:
         raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
-    train = replace(TINY_TRAIN if base_model == TINY else TrainConfig(), **train_over)
+    train = replace(TINY_TRAIN if base_model == TINY else REAL_TRAIN, **train_over)
     return RunSettings(base_model=base_model, train=train, **run_over)
 
 

@@ -21,7 +21,12 @@ import numpy as np
 from instructmining.errors import InstructMiningError, ParameterError
 from instructmining.experiments.compare import _fingerprint
 from instructmining.experiments.evalset import remove_overlap
-from instructmining.experiments.runner import RunSettings, prepare_base, train_and_evaluate
+from instructmining.experiments.runner import (
+    RunSettings,
+    prepare_base,
+    resolve_settings,
+    train_and_evaluate,
+)
 from instructmining.experiments.store import ResultsStore
 from instructmining.experiments.study import Study
 from instructmining.records import Record
@@ -119,13 +124,14 @@ def size_search(
     if high < 1:
         raise InstructMiningError("the pool is empty after removing records that overlap D_eval")
     ranked = select(records, rule, k=n, models=models, cache=study.cache_dir).subset(records)
+    base = prepare_base(study, settings, progress=progress)
+    settings = resolve_settings(settings, base)
     key = _fingerprint(
         [r.id for r in ranked], rule.to_dict(), settings.base_model, settings.train.key()
     )
     folder = study.path / "size_search" / key
     folder.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(folder / "sizes.sqlite")
-    base = prepare_base(study, settings, progress=progress)
     stored = {
         int(e.row["size"]): float(e.row["eval_loss"])
         for e in store.entries().values()

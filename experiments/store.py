@@ -1,4 +1,9 @@
-"""The results store: one SQLite row per finished or failed candidate.
+"""The results store: one SQLite row per finished or failed candidate and configuration.
+
+A store object is a view of one configuration (`config`: a hash of how the
+candidates were trained: base model, hyper-parameters, template, seed), so a
+study run again with other settings records its results beside the first
+ones instead of mixing with them; `configs()` lists what the file holds.
 
 SQLite in WAL mode with synchronous=FULL: every result is one committed
 transaction, so a process killed at any moment (kill -9 included) leaves either
@@ -18,15 +23,22 @@ from pathlib import Path
 from typing import Any
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    candidate_id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS results (
+    config TEXT NOT NULL,
+    candidate_id TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
     row TEXT,
     error TEXT,
     wall_s REAL,
     finished REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 1
+    attempts INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (config, candidate_id)
 )
+"""
+# version 1 files: one table keyed by candidate alone; their rows move to config ""
+_MIGRATE = """
+INSERT OR IGNORE INTO results
+SELECT '', candidate_id, status, row, error, wall_s, finished, attempts FROM runs
 """
 
 
@@ -54,8 +66,18 @@ def _json_value(value: Any) -> Any:
 class ResultsStore:
     """Append/replace outcomes by candidate id; safe against a crash at any point."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, config: str | None = None) -> None:
+        """`config` None: the configuration with the most finished rows (else "")."""
         self.path = Path(path)
+        self._config = config
+
+    @property
+    def config(self) -> str:
+        """The configuration this view reads and writes."""
+        if self._config is None:
+            configs = self.configs()
+            return max(configs, key=lambda c: configs[c][0]) if configs else ""
+        return self._config
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -64,6 +86,14 @@ class ResultsStore:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=FULL")
             con.execute(_SCHEMA)
+            old = con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'"
+            ).fetchone()
+            if old:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute(_MIGRATE)
+                con.execute("DROP TABLE runs")
+                con.execute("COMMIT")
             yield con
         finally:
             con.close()
@@ -72,11 +102,13 @@ class ResultsStore:
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             prev = con.execute(
-                "SELECT attempts FROM runs WHERE candidate_id = ?", (candidate_id,)
+                "SELECT attempts FROM results WHERE config = ? AND candidate_id = ?",
+                (self.config, candidate_id),
             ).fetchone()
             con.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
+                    self.config,
                     candidate_id,
                     status,
                     row,
@@ -99,13 +131,26 @@ class ResultsStore:
         """Store a failed candidate with its error message."""
         self._put(candidate_id, "failed", None, error, wall_s)
 
-    def entries(self) -> dict[str, Entry]:
-        """Every stored outcome by candidate id."""
+    def configs(self) -> dict[str, tuple[int, int]]:
+        """Every configuration in the file: (done, failed) counts."""
         if not self.path.exists():
             return {}
         with self._connect() as con:
             rows = con.execute(
-                "SELECT candidate_id, status, row, error, wall_s, finished, attempts FROM runs"
+                "SELECT config, SUM(status = 'done'), SUM(status = 'failed') FROM results "
+                "GROUP BY config ORDER BY MIN(finished)"
+            ).fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def entries(self) -> dict[str, Entry]:
+        """Every stored outcome of this configuration by candidate id."""
+        if not self.path.exists():
+            return {}
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT candidate_id, status, row, error, wall_s, finished, attempts FROM results "
+                "WHERE config = ?",
+                (self.config,),
             ).fetchall()
         return {
             r[0]: Entry(r[0], r[1], json.loads(r[2]) if r[2] else None, r[3], r[4], r[5], r[6])

@@ -65,39 +65,33 @@ def _read_records(path: Path) -> list[Record]:
     return out
 
 
-def create_study(
-    out_dir: str | Path,
-    *,
+@dataclass
+class _Pool:
+    raw_counts: dict[str, int]
+    removed: dict[str, int]
+    by_source: dict[str, list[Record]]
+    origin: dict[str, str]
+    duplicates: int
+
+    @property
+    def records(self) -> list[Record]:
+        return [r for recs in self.by_source.values() for r in recs]
+
+
+def _build_pool(
     sources: Mapping[str, str | Path],
-    eval_paths: Sequence[str | Path],
-    n_mixtures: int = 40,
-    size: int = 1000,
-    univariate: Sequence[str] = (),
-    bins: int = 8,
-    seed: int = 0,
-    indicators: Sequence[str] | None = None,
-    overwrite: bool = False,
-    progress: bool = False,
-) -> PlanReport:
-    """Plan a study: read sources and D_eval, drop overlap, draw candidates, write the folder."""
-    from instructmining.experiments import plan
-    from instructmining.experiments.evalset import build_eval_set, remove_overlap
-    from instructmining.indicators.engine import score
-    from instructmining.indicators.profiles import OFFLINE_INDICATORS
-    from instructmining.indicators.registry import from_params
+    source_maps: Mapping[str, str],
+    eval_records: Sequence[Record],
+) -> _Pool:
+    """Read the sources, drop D_eval overlap, keep one record per id (first source wins)."""
+    from instructmining.experiments.evalset import remove_overlap
     from instructmining.readers import read_records
 
-    out = Path(out_dir)
-    if (out / MANIFEST).exists() and not overwrite:
-        raise InstructMiningError(f"{out}: holds a study already; pass --overwrite to replan it")
-    if out.exists() and not out.is_dir():
-        raise InstructMiningError(f"{out}: is a file; give a folder for the study")
-    if not sources:
-        raise InstructMiningError("give at least one --source NAME=PATH")
-    evalset = build_eval_set(eval_paths)
-    raw = {name: read_records(path).records for name, path in sources.items()}
-    kept, removed = remove_overlap(raw, evalset.records)
-    # one record per id across sources (the first source named wins)
+    raw = {
+        name: read_records(path, field_map=source_maps.get(name) or None).records
+        for name, path in sources.items()
+    }
+    kept, removed = remove_overlap(raw, eval_records)
     origin: dict[str, str] = {}
     by_source: dict[str, list[Record]] = {}
     duplicates = 0
@@ -110,7 +104,64 @@ def create_study(
             origin[r.id] = name
             mine.append(r)
         by_source[name] = mine
-    pool = [r for recs in by_source.values() for r in recs]
+    return _Pool({n: len(r) for n, r in raw.items()}, removed, by_source, origin, duplicates)
+
+
+def pool_fingerprint(ids: Sequence[str]) -> str:
+    """A hash of the pool's record ids (order-free): detects a source that changed."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def create_study(
+    out_dir: str | Path,
+    *,
+    sources: Mapping[str, str | Path],
+    eval_paths: Sequence[str | Path],
+    n_mixtures: int = 40,
+    size: int = 1000,
+    univariate: Sequence[str] = (),
+    bins: int = 8,
+    seed: int = 0,
+    indicators: Sequence[str] | None = None,
+    profile: str | None = None,
+    source_maps: Mapping[str, str] | None = None,
+    bin_sample: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> PlanReport:
+    """Plan a study: read sources and D_eval, drop overlap, draw candidates, write the folder.
+
+    Indicators come from `profile` (default: the default profile), limited to
+    `indicators` when given. `source_maps` gives a field map per source name
+    (e.g. `transcript=rejected` for the other side of HH-RLHF). Univariate bins
+    are cut over the whole pool, or over a seeded random sample of `bin_sample`
+    pool records (model-backed indicators on a CPU), candidates drawn from it.
+    """
+    from instructmining.experiments import plan
+    from instructmining.experiments.evalset import build_eval_set
+    from instructmining.indicators.engine import score
+    from instructmining.indicators.profiles import build
+
+    out = Path(out_dir)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise InstructMiningError(f"{out}: holds a study already; pass --overwrite to replan it")
+    if out.exists() and not out.is_dir():
+        raise InstructMiningError(f"{out}: is a file; give a folder for the study")
+    if not sources:
+        raise InstructMiningError("give at least one --source NAME=PATH")
+    maps = dict(source_maps or {})
+    unknown_maps = sorted(set(maps) - set(sources))
+    if unknown_maps:
+        raise InstructMiningError(
+            f"--source-map names {', '.join(unknown_maps)}, which are not --source names"
+        )
+    evalset = build_eval_set(eval_paths)
+    built_pool = _build_pool(sources, maps, evalset.records)
+    raw_counts, removed = built_pool.raw_counts, built_pool.removed
+    by_source, origin, duplicates = built_pool.by_source, built_pool.origin, built_pool.duplicates
+    pool = built_pool.records
     ids_by_source = {name: [r.id for r in recs] for name, recs in by_source.items()}
     available = sum(map(len, ids_by_source.values()))
     if n_mixtures and size > available:
@@ -119,19 +170,29 @@ def create_study(
             "D_eval overlap and duplicates; lower --size or add sources"
         )
 
-    names = list(indicators) if indicators else list(OFFLINE_INDICATORS)
-    built = [from_params(n) for n in names]
+    profile_plan = build(profile, names=list(indicators) if indicators else None)
+    built = profile_plan.indicators
     out.mkdir(parents=True, exist_ok=True)
     (out / "candidates").mkdir(exist_ok=True)
     candidates = plan.mixture_candidates(ids_by_source, n=n_mixtures, size=size, seed=seed)
     if univariate:
         by_name = {ind.name: ind for ind in built}
         extra = [n for n in univariate if n not in by_name]
-        uni = by_name | {ind.name: ind for ind in map(from_params, extra)}
+        if extra:
+            by_name |= {i.name: i for i in build(profile_plan.profile, names=extra).indicators}
+        binned = pool
+        if bin_sample is not None and bin_sample < len(pool):
+            import numpy as np
+
+            pick = np.random.default_rng(seed).choice(len(pool), bin_sample, replace=False)
+            binned = [pool[int(i)] for i in sorted(pick)]
         frame = score(
-            pool, [uni[n] for n in univariate], cache=out / "scores.sqlite", progress=progress
+            binned,
+            [by_name[n] for n in univariate],
+            cache=out / "scores.sqlite",
+            progress=progress,
         )
-        pool_ids = [r.id for r in pool]
+        pool_ids = [r.id for r in binned]
         for name in univariate:
             candidates += plan.univariate_candidates(
                 pool_ids, frame[name].to_numpy(), indicator=name, bins=bins, size=size, seed=seed
@@ -162,10 +223,15 @@ def create_study(
             "n_mixtures": n_mixtures,
             "univariate": list(univariate),
             "bins": bins,
+            "bin_sample": bin_sample,
+            "profile": profile_plan.profile,
+            "pool_fingerprint": pool_fingerprint(list(origin)),
             "sources": {
                 name: {
                     "path": str(sources[name]),
-                    "read": len(raw[name]),
+                    "relpath": _relpath(sources[name], out),
+                    "field_map": maps.get(name, ""),
+                    "read": raw_counts[name],
                     "removed_eval_overlap": removed[name],
                     "kept": len(by_source[name]),
                 }
@@ -174,6 +240,7 @@ def create_study(
             "duplicates_dropped": duplicates,
             "eval": {
                 "paths": [str(p) for p in eval_paths],
+                "relpaths": [_relpath(p, out) for p in eval_paths],
                 "parts": evalset.parts,
                 "records": len(evalset.records),
             },
@@ -185,8 +252,28 @@ def create_study(
     return PlanReport(out, len(entries), len(pool), len(evalset.records), removed, duplicates)
 
 
+def _relpath(path: str | Path, study: Path) -> str:
+    import os
+
+    return os.path.relpath(Path(path).resolve(), study.resolve())
+
+
+def _locate(entry_path: str, relpath: str | None, study: Path) -> Path:
+    """A source file named in the manifest: relative to the study first, else as written."""
+    if relpath:
+        near = study / relpath
+        if near.exists():
+            return near
+    return Path(entry_path)
+
+
 class Study:
-    """An existing study folder (read-only view; the results store is separate)."""
+    """An existing study folder (read-only view; the results store is separate).
+
+    `pool.jsonl` and `eval.jsonl` are rebuilt from the sources named in the
+    manifest when they are missing (a study committed without copies of public
+    data), and the rebuilt pool must match the planned one's fingerprint.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -199,7 +286,19 @@ class Study:
     @cached_property
     def manifest(self) -> dict[str, Any]:
         """The parsed study.json."""
-        doc: dict[str, Any] = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+        path = self.path / MANIFEST
+        try:
+            doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InstructMiningError(
+                f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})"
+            ) from None
+        except (ValueError, RecursionError):  # an integer too long to convert, deep nesting
+            raise InstructMiningError(
+                f"{path}: not valid JSON (a number too long or nesting too deep)"
+            ) from None
+        if not isinstance(doc, dict):
+            raise InstructMiningError(f"{path}: not a JSON object")
         if doc.get("format") != FORMAT_VERSION:
             raise InstructMiningError(
                 f"{self.path / MANIFEST}: format {doc.get('format')!r}, this version reads "
@@ -220,12 +319,46 @@ class Study:
     @cached_property
     def pool(self) -> dict[str, Record]:
         """Pooled source records by id."""
+        if not (self.path / "pool.jsonl").exists():
+            self._rebuild()
         return {r.id: r for r in _read_records(self.path / "pool.jsonl")}
 
     @cached_property
     def eval_records(self) -> list[Record]:
         """D_eval."""
+        if not (self.path / "eval.jsonl").exists():
+            self._rebuild()
         return _read_records(self.path / "eval.jsonl")
+
+    def _rebuild(self) -> None:
+        """Write pool.jsonl and eval.jsonl again from the manifest's sources."""
+        from instructmining.experiments.evalset import build_eval_set
+
+        doc = self.manifest
+        ev = doc["eval"]
+        rel = ev.get("relpaths") or [None] * len(ev["paths"])
+        try:
+            evalset = build_eval_set(
+                [_locate(p, r, self.path) for p, r in zip(ev["paths"], rel, strict=True)]
+            )
+            src = doc["sources"]
+            sources = {n: _locate(e["path"], e.get("relpath"), self.path) for n, e in src.items()}
+            maps = {n: e.get("field_map", "") for n, e in src.items()}
+            built = _build_pool(sources, maps, evalset.records)
+        except (OSError, InstructMiningError) as exc:
+            raise InstructMiningError(
+                f"{self.path}: pool.jsonl is missing and the sources in {MANIFEST} cannot be "
+                f"read to rebuild it ({exc}); put the data back where the manifest says"
+            ) from exc
+        want = doc.get("pool_fingerprint")
+        got = pool_fingerprint(list(built.origin))
+        if want and got != want:
+            raise InstructMiningError(
+                f"{self.path}: the sources in {MANIFEST} no longer give the planned pool "
+                f"(fingerprint {got}, planned {want}); the data changed: replan the study"
+            )
+        _write_records(evalset.records, self.path / "eval.jsonl")
+        _write_records(built.records, self.path / "pool.jsonl", built.origin)
 
     def candidate_records(self, candidate_id: str) -> list[Record]:
         """The records of one candidate, in its stored order."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,6 +54,8 @@ class Indicator(abc.ABC):
     runtime_settings: ClassVar[tuple[str, ...]] = ()
     #: the backends this class can use, for listings; empty means "ask an instance".
     backends: ClassVar[tuple[str, ...]] = ()
+    #: set by the engine while scoring: call with a record count as records finish
+    progress_: Callable[[int], None] | None = None
 
     @property
     def backend(self) -> str:
@@ -76,14 +78,19 @@ class Indicator(abc.ABC):
     def params(self) -> dict[str, Any]:
         """Full configuration that fixes the values: name, backend, code version, settings.
 
-        Runtime-only settings (`runtime_settings`) are left out.
+        Runtime-only settings (`runtime_settings`) are left out. A `dtype` of "auto"
+        is stored as the dtype it resolves to here ("fp32", "bf16"): the values
+        depend on it, so scores computed in different precisions never share a key.
         """
-        return {
+        out = {
             "name": self.name,
             "backend": self.backend,
             "version": self.version,
             **{k: v for k, v in self.settings().items() if k not in self.runtime_settings},
         }
+        if out.get("dtype") == "auto":
+            out["dtype"] = _auto_dtype(str(getattr(self, "device", "auto")))
+        return out
 
     def key(self) -> str:
         """Stable hash of `params()`: scores with equal keys are interchangeable."""
@@ -105,6 +112,8 @@ class Indicator(abc.ABC):
             value = getattr(self, attr, None)
             if isinstance(value, str) and value:
                 digest = path_fingerprint(value)
+                if digest is None and attr == "model":
+                    digest = _catalogue_fingerprint(value)
                 if digest is not None:
                     out[attr] = digest
         return out
@@ -137,3 +146,23 @@ def path_fingerprint(spec: str) -> str | None:
             f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
         )
     return h.hexdigest()[:16]
+
+
+def _auto_dtype(device: str) -> str:
+    """The name of the dtype "auto" means for `device` on this machine."""
+    from instructmining.models.loading import resolve_device, resolve_dtype
+
+    try:
+        where = resolve_device(device)
+    except Exception:  # an unusable device fails later, where it is used
+        where = "cpu"
+    names = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+    return names[str(resolve_dtype("auto", where))]
+
+
+def _catalogue_fingerprint(name: str) -> str | None:
+    """The pinned SHA-256 of a packaged catalogue model (the name stands for that file)."""
+    from instructmining.models.catalogue import entry
+
+    e = entry(name)
+    return e.packaged.sha256[:16] if e is not None and e.packaged is not None else None

@@ -33,6 +33,8 @@ from instructmining.records import Record
 from instructmining.writers import check_output, rejects_path, write_json, write_rows
 
 CHUNK = 2048  # records per call and per cache commit for record-level indicators
+#: the same for indicators that run a model: a kill loses minutes of work at most
+MODEL_CHUNK = 256
 
 
 def resolve(indicators: Sequence[str | Indicator]) -> list[Indicator]:
@@ -141,12 +143,11 @@ def score(
     columns: dict[str, np.ndarray] = {"id": np.array([r.id for r in records], dtype=object)}
     runs: dict[str, IndicatorRun] = {}
     try:
-        with progress_bar(n * len(built), "scoring", enabled=progress) as bar:
-            for ind in built:
-                bar.set_postfix_str(ind.name)
+        for ind in built:  # one bar per indicator: its own rate and ETA
+            with progress_bar(n, ind.name, enabled=progress) as bar:
                 values, run = _score_one(ind, records, keys, store, chunk_size, bar)
-                columns[ind.name] = values
-                runs[ind.name] = run
+            columns[ind.name] = values
+            runs[ind.name] = run
     finally:
         if owned and store is not None:
             store.close()
@@ -178,6 +179,13 @@ def _score_one(
         values = np.full(n, np.nan)
         truncated = np.zeros(n, dtype=bool)
     run.cached = int(found.sum())
+    moved = [0]  # records the indicator reported itself (fine-grained progress)
+
+    def tick(k: int) -> None:
+        moved[0] += k
+        bar.update(k)
+
+    ind.progress_ = tick
     if ind.set_dependent():
         # the values depend on the whole set: all cached, or all computed in one call
         if n and not found.all():
@@ -187,8 +195,10 @@ def _score_one(
             run.computed, run.cached = n, 0
             if store is not None:
                 store.put(key, keys, values, truncated)
-        bar.update(n)
+        bar.update(n - moved[0])
     else:
+        if getattr(ind, "backend", "") in ("causal-lm", "transformers", "unieval"):
+            chunk_size = min(chunk_size, MODEL_CHUNK)
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
             todo = np.nonzero(~found[start:stop])[0] + start
@@ -202,7 +212,9 @@ def _score_one(
                 run.computed += len(todo)
                 if store is not None:  # one transaction per chunk: a kill loses at most this one
                     store.put(key, [keys[int(i)] for i in todo], got, flags)
-            bar.update(stop - start)
+            bar.update(stop - start - moved[0])
+            moved[0] = 0
+    ind.progress_ = None
     run.truncated += int(truncated.sum())
     run.seconds = time.perf_counter() - start_time
     return values, run

@@ -190,7 +190,7 @@ class KNN(Indicator):
         return self._st_embed(space, texts, count_truncation=count_truncation)
 
     def _sentence_model(self) -> Any:
-        from instructmining.indicators.models import (
+        from instructmining.models.loading import (
             cached_model,
             load_target,
         )
@@ -207,7 +207,10 @@ class KNN(Indicator):
                     "knn6 with a model needs sentence-transformers: "
                     "pip install 'instructmining[models]'"
                 ) from exc
-            st = SentenceTransformer(spec, device=device, trust_remote_code=False)
+            from instructmining.models.hf import quiet_transformers
+
+            with quiet_transformers():
+                st = SentenceTransformer(spec, device=device, trust_remote_code=False)
             st.eval()
             return st.to(torch_dtype)
 
@@ -220,18 +223,31 @@ class KNN(Indicator):
             st.max_seq_length = self.max_length
         limit = st.max_seq_length
         if count_truncation and limit is not None:
-            lengths = [len(ids) for ids in st.tokenizer(texts, add_special_tokens=True).input_ids]
+            from instructmining.models.hf import quiet_transformers
+
+            with quiet_transformers():  # counting long texts is not an error
+                ids = st.tokenizer(texts, add_special_tokens=True).input_ids
+            lengths = [len(x) for x in ids]
             self.truncated_mask_ = np.array([n > limit for n in lengths], dtype=bool)
             self.truncated_ = int(self.truncated_mask_.sum())
-        with torch.inference_mode():  # encode() sorts by length and batches itself
-            emb = st.encode(
-                texts,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(emb, dtype=np.float64)
+        # sorted by length so that each encode() call pads little; progress per slice
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), st.get_embedding_dimension() or 0), dtype=np.float64)
+        step = 1024
+        with torch.inference_mode():
+            for start in range(0, len(order), step):
+                part = order[start : start + step]
+                emb = st.encode(
+                    [texts[i] for i in part],
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                out[part] = np.asarray(emb, dtype=np.float64)
+                if self.progress_ is not None and count_truncation:
+                    self.progress_(len(part))
+        return out
 
 
 def _fit_tfidf_svd(texts: list[str], dims: int) -> Any:

@@ -11,13 +11,13 @@ Backends
   the other folds (dataset-level). With `reference` (a data file) the model is
   fitted once on that file's outputs and each record scores on its own.
   The prompt is not used by this backend.
-- causal LM (`model` = checkpoint id or path): tokens of the prompt template
-  `"{instruction}\\n\\n{input}\\n\\n"` (input and its blank line omitted when
-  empty; the tokenizer's special tokens added, BOS prepended when the tokenizer
-  has one and did not add it) followed by the output's tokens (tokenised on
-  their own, no special tokens); value = exp(mean negative log-likelihood of the
-  output tokens), prompt tokens masked. Past `max_length` tokens the prompt is
-  cut from the left first, then the output from the right (`truncated_`).
+- causal LM (`model` = catalogue name, checkpoint id or path): the output's
+  tokens scored after the prompt, laid out by `template` ("chat": the
+  tokenizer's chat template; "plain": `"{instruction}\\n\\n{input}\\n\\n"`;
+  "auto": chat when the tokenizer has one); value = exp(mean negative
+  log-likelihood of the output tokens). Past `max_length` tokens the prompt is
+  cut from the left first, then the output from the right (`truncated_`). The
+  scoring itself lives in `instructmining.models.causal`.
 
 Both: value = exp(mean NLL per output token); NaN for an empty output with the
 causal LM (no token to score); the n-gram backend always scores `</s>`.
@@ -68,7 +68,7 @@ class Perplexity(Indicator):
     needs_model = True
     dataset_level = True  # for the default (cross-fitted n-gram) backend; see set_dependent
     backends = (NGRAM, "causal-lm")
-    runtime_settings = ("device", "batch_size")
+    runtime_settings = ("device", "batch_size", "token_budget")
 
     def __init__(
         self,
@@ -81,6 +81,8 @@ class Perplexity(Indicator):
         batch_size: int = 8,
         max_length: int = 1024,
         dtype: str = "auto",
+        template: str = "auto",
+        token_budget: int = 8192,
     ) -> None:
         self.model = model
         self.order = order
@@ -90,6 +92,8 @@ class Perplexity(Indicator):
         self.batch_size = batch_size
         self.max_length = max_length
         self.dtype = dtype
+        self.template = template
+        self.token_budget = token_budget
         self._reference_tokens: list[list[str]] | None = None
 
     @property
@@ -102,7 +106,9 @@ class Perplexity(Indicator):
     def params(self) -> dict[str, Any]:
         """Settings that fix the values of the chosen backend (others would only split caches)."""
         unused = (
-            ("max_length", "dtype") if self.backend == NGRAM else ("order", "folds", "reference")
+            ("max_length", "dtype", "template")
+            if self.backend == NGRAM
+            else ("order", "folds", "reference")
         )
         return {k: v for k, v in super().params().items() if k not in unused}
 
@@ -145,98 +151,25 @@ class Perplexity(Indicator):
 
     # --- causal LM backend ----------------------------------------------------------------
 
-    def _load(self) -> tuple[Any, Any, str]:
-        from instructmining.indicators.models import (
-            cached_model,
-            load_target,
+    def scorer(self) -> Any:
+        """The shared causal-LM token scorer for this indicator's checkpoint and settings."""
+        from instructmining.models.causal import shared_scorer
+
+        return shared_scorer(
+            str(self.model),
+            indicator=self.name,
+            device=self.device,
+            dtype=self.dtype,
+            template=self.template,
+            max_length=self.max_length,
+            token_budget=self.token_budget,
         )
-
-        spec, device, torch_dtype = load_target(
-            str(self.model), indicator=self.name, device=self.device, dtype=self.dtype
-        )
-
-        def load() -> tuple[Any, Any]:
-            try:
-                import transformers
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-            except ImportError as exc:  # pragma: no cover - part of the models extra
-                raise ImportError(
-                    "perplexity with a model needs transformers: "
-                    "pip install 'instructmining[models]'"
-                ) from exc
-            dtype_kw = (
-                "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-            )
-            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
-            lm: Any = AutoModelForCausalLM.from_pretrained(
-                spec, trust_remote_code=False, **{dtype_kw: torch_dtype}
-            )
-            return tokenizer, lm.to(device).eval()
-
-        tokenizer, lm = cached_model("causal-lm", spec, device, str(torch_dtype), load)
-        return tokenizer, lm, device
-
-    def _encode(self, tokenizer: Any, record: Record, limit: int) -> tuple[list[int], int, bool]:
-        """(token ids, number of prompt tokens, truncated?) for one record."""
-        prompt = list(tokenizer(prompt_text(record), add_special_tokens=True).input_ids)
-        bos = tokenizer.bos_token_id
-        if bos is not None and (not prompt or prompt[0] != bos):
-            prompt.insert(0, bos)
-        output = list(tokenizer(record.output, add_special_tokens=False).input_ids)
-        truncated = len(prompt) + len(output) > limit
-        if truncated:
-            output = output[: limit - 1]
-            prompt = prompt[-(limit - len(output)) :]
-        return prompt + output, len(prompt), truncated
 
     def _score_causal_lm(self, records: Sequence[Record]) -> np.ndarray:
-        import torch
-
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise ValueError(
-                f"The 'max_length' parameter of perplexity must be an int >= 2. "
-                f"Got {self.max_length!r}."
-            )
-        out = np.full(len(records), np.nan)
-        if not records:
-            return out
-        tokenizer, lm, device = self._load()
-        limit = self.max_length
-        positions = getattr(lm.config, "max_position_embeddings", None) or getattr(
-            lm.config, "n_positions", None
-        )
-        if isinstance(positions, int) and positions > 1:
-            limit = min(limit, positions)
-        encoded = [self._encode(tokenizer, r, limit) for r in records]
-        self.truncated_mask_ = np.array([t for _, _, t in encoded], dtype=bool)
-        self.truncated_ = int(self.truncated_mask_.sum())
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        # longest first: similar lengths share a batch, and an out-of-memory error shows at once
-        order = sorted(range(len(records)), key=lambda i: -len(encoded[i][0]))
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = [i for i in order[start : start + self.batch_size] if encoded[i][0]]
-                batch = [i for i in batch if len(encoded[i][0]) > encoded[i][1]]
-                if not batch:
-                    continue
-                width = max(len(encoded[i][0]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    seq = encoded[i][0]
-                    ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                    mask[row, : len(seq)] = 1
-                logits = lm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                for row, i in enumerate(batch):
-                    seq, n_prompt, _ = encoded[i]
-                    # logits at position t predict token t+1: output tokens n_prompt..len-1
-                    pred = logits[row, n_prompt - 1 : len(seq) - 1].float()
-                    target = ids[row, n_prompt : len(seq)].to(pred.device)
-                    nll = torch.nn.functional.cross_entropy(pred, target, reduction="mean")
-                    out[i] = float(torch.exp(nll))
-        return out
+        scored = self.scorer().score(records, conditional=True, progress=self.progress_)
+        self.truncated_mask_ = scored.truncated
+        self.truncated_ = int(scored.truncated.sum())
+        return np.exp(scored.mean_nll)
 
 
 def witten_bell_perplexity(

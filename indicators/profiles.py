@@ -1,10 +1,15 @@
 """Profiles: which indicators to compute and with which checkpoints.
 
-- "offline" (the default): every indicator that needs no downloaded weights,
-  each with a real algorithm: input_length, output_length, mtld, knn6
+- "local" (the default when the packaged models are installed): real models
+  that need no hub: input_length, output_length, mtld, knn6 in the
+  all-MiniLM-L6-v2 space, perplexity of the response given the prompt under
+  SmolLM2-135M-Instruct with its chat template, and ifd under the same model.
+- "lite" (the default otherwise; "offline" is its old name): seconds-fast
+  proxies with no torch weights: input_length, output_length, mtld, knn6
   (TF-IDF + truncated SVD space), perplexity (Witten-Bell n-gram cross-fitted
-  on the scored set). The model-backed paper indicators are left out, each
-  with the reason, unless a checkpoint is given for it with `models`.
+  on the scored set).
+  In both, the paper's other model-backed indicators are left out, each with
+  the reason, unless a checkpoint is given for it with `models`.
 - "paper": the paper's nine indicators with the paper's checkpoints; every
   checkpoint is checked before any work and a missing one fails at once,
   naming it and how to pass a local copy.
@@ -23,7 +28,9 @@ from typing import Any
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.registry import indicator_class, registered
 
-PROFILES = ("offline", "paper")
+PROFILES = ("local", "lite", "paper")
+#: old profile names still accepted
+PROFILE_ALIASES = {"offline": "lite"}
 PAPER_INDICATORS = (
     "input_length",
     "output_length",
@@ -37,6 +44,13 @@ PAPER_INDICATORS = (
 )
 OFFLINE_INDICATORS = ("input_length", "output_length", "mtld", "knn6", "perplexity")
 UNIEVAL = ("naturalness", "coherence", "understandability")
+LOCAL_INDICATORS = ("input_length", "output_length", "mtld", "knn6", "perplexity", "ifd")
+#: catalogue models of the local profile (all shipped in registry packages)
+LOCAL_MODELS: dict[str, str] = {
+    "knn6": "all-minilm-l6-v2",
+    "perplexity": "smollm2-135m-instruct",
+    "ifd": "smollm2-135m-instruct",
+}
 #: checkpoints of the paper's profile (`model` setting per indicator)
 PAPER_MODELS: dict[str, str] = {
     "reward": "OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5",
@@ -61,6 +75,24 @@ class Plan:
     profile: str
     indicators: list[Indicator]
     left_out: dict[str, str] = field(default_factory=dict)
+
+
+def default_profile() -> str:
+    """`$INSTRUCTMINING_PROFILE`, else "local" when its packaged models are installed, else "lite"."""
+    import os
+
+    env = os.environ.get("INSTRUCTMINING_PROFILE")
+    if env:
+        return PROFILE_ALIASES.get(env, env)
+    from instructmining.models.catalogue import entry, is_materialised, packaged_file
+
+    for name in set(LOCAL_MODELS.values()):
+        e = entry(name)
+        if e is None or e.packaged is None:
+            return "lite"
+        if packaged_file(e.packaged) is None and not is_materialised(e):
+            return "lite"
+    return "local"
 
 
 def model_keys() -> list[str]:
@@ -123,9 +155,10 @@ def build(
     unknown = sorted(set(runtime) - set(RUNTIME_KEYS))
     if unknown:
         raise TypeError(f"build() got unexpected settings: {', '.join(unknown)}")
-    chosen = profile or "offline"
+    chosen = PROFILE_ALIASES.get(profile or "", profile or default_profile())
     if chosen not in PROFILES:
         raise KeyError(f"unknown profile {chosen!r}; choose from {', '.join(PROFILES)}")
+    base_models = LOCAL_MODELS if chosen == "local" else PAPER_MODELS
     overrides = expand_models(models or {})
     classes = registered()
     left_out: dict[str, str] = {}
@@ -136,7 +169,7 @@ def build(
     elif chosen == "paper":
         wanted = list(PAPER_INDICATORS)
     else:
-        wanted = list(OFFLINE_INDICATORS)
+        wanted = list(LOCAL_INDICATORS if chosen == "local" else OFFLINE_INDICATORS)
         for name in PAPER_INDICATORS:
             if name in wanted:
                 continue
@@ -156,8 +189,8 @@ def build(
         kwargs: dict[str, Any] = dict((settings or {}).get(name, {}))
         if name in overrides:
             kwargs["model"] = overrides[name]
-        elif chosen == "paper" and name in PAPER_MODELS and _accepts(cls, "model"):
-            kwargs.setdefault("model", PAPER_MODELS[name])
+        elif chosen != "lite" and name in base_models and _accepts(cls, "model"):
+            kwargs.setdefault("model", base_models[name])
         for key in RUNTIME_KEYS:
             if runtime.get(key) is not None and _accepts(cls, key):
                 kwargs[key] = runtime[key]
@@ -173,6 +206,6 @@ def _check_model(ind: Indicator) -> None:
     spec = getattr(ind, "model", None)
     if not isinstance(spec, str) or not spec or ind.backend in ("ngram", "tfidf-svd"):
         return
-    from instructmining.indicators.models import check_model_source
+    from instructmining.models.loading import check_model_source
 
     check_model_source(spec, indicator=ind.name, option=_option_key(ind.name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from instructmining.indicators.base import Indicator
@@ -28,7 +29,7 @@ def register(cls: type[Indicator]) -> type[Indicator]:
     return cls
 
 
-_BUILTIN_MODULES = ("length", "mtld", "knn", "perplexity", "reward", "unieval")
+_BUILTIN_MODULES = ("length", "mtld", "knn", "perplexity", "ifd", "reward", "unieval")
 
 
 def _load_builtins() -> None:
@@ -70,7 +71,7 @@ def indicator_class(name: str) -> type[Indicator]:
 
 
 def create(name: str, **settings: Any) -> Indicator:
-    """Build the indicator `name` with keyword settings."""
+    """Build the indicator `name` with keyword settings given by code (files: `from_params`)."""
     return indicator_class(name)(**settings)
 
 
@@ -78,9 +79,20 @@ def create(name: str, **settings: Any) -> Indicator:
 DESCRIPTIVE_PARAMS = ("name", "backend", "version")
 
 
-def from_params(spec: str | Mapping[str, Any]) -> Indicator:
-    """Rebuild an indicator from a name or a stored `params()` dict (rules, study manifests)."""
-    if isinstance(spec, str):
-        return create(spec)
-    settings = {k: v for k, v in spec.items() if k not in DESCRIPTIVE_PARAMS}
-    return create(str(spec["name"]), **settings)
+def from_params(
+    spec: str | Mapping[str, Any],
+    *,
+    source: str | Path | None = None,
+    name: str | None = None,
+    check_version: bool = True,
+) -> Indicator:
+    """Rebuild an indicator from a name or stored `params()` (rules, study manifests), checked.
+
+    Stored settings are data: `indicators.spec.build` refuses `trust_remote_code`,
+    settings the constructor does not take, values of the wrong type or out of
+    range, and a `version` or `backend` other than this installation's, with one
+    line naming `source` (the file), the indicator and the setting.
+    """
+    from instructmining.indicators.spec import build
+
+    return build(spec, source=source, name=name, check_version=check_version)

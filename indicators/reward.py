@@ -211,7 +211,7 @@ class Reward(Indicator):
 
     def _load(self) -> tuple[Any, Any, str | None]:
         """(tokenizer, model on its device, the config's model_type), loaded once per process."""
-        from instructmining.indicators.models import (
+        from instructmining.models.loading import (
             cached_model,
             load_target,
         )
@@ -233,7 +233,7 @@ class Reward(Indicator):
                 raise ImportError(
                     "the reward indicator needs transformers: pip install 'instructmining[models]'"
                 ) from exc
-            from instructmining.indicators._transformers import dtype_kwarg
+            from instructmining.models.hf import dtype_kwarg
 
             tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=remote)
             raw, _ = PretrainedConfig.get_config_dict(spec)
@@ -254,7 +254,7 @@ class Reward(Indicator):
                     )
             return tokenizer, rm.to(device).eval(), raw.get("model_type")
 
-        from instructmining.indicators._transformers import quiet_transformers
+        from instructmining.models.hf import quiet_transformers
 
         with quiet_transformers():
             kind = "reward+remote-code" if remote else "reward"  # other classes may load
@@ -370,7 +370,7 @@ class Reward(Indicator):
         positions = getattr(rm.config, "max_position_embeddings", None)
         if isinstance(positions, int) and positions > 0:
             limit = min(limit, positions)
-        from instructmining.indicators._transformers import quiet_transformers
+        from instructmining.models.hf import quiet_transformers
 
         with quiet_transformers():  # "sequence longer than the maximum" before we cut it
             encoded = [self.encode(tokenizer, template, r, limit) for r in records]

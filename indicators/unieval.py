@@ -70,8 +70,8 @@ def load_unieval(
     spec: str, device: str, dtype: str, *, indicator: str
 ) -> tuple[Any, Any, int, int]:
     """(tokenizer, T5 model, Yes id, No id) for a UniEval checkpoint, loaded once per process."""
-    from instructmining.indicators._transformers import dtype_kwarg, quiet_transformers
-    from instructmining.indicators.models import (
+    from instructmining.models.hf import dtype_kwarg, quiet_transformers
+    from instructmining.models.loading import (
         cached_model,
         load_target,
     )
@@ -146,7 +146,7 @@ class UniEvalIndicator(Indicator):
             return out
         import torch
 
-        from instructmining.indicators._transformers import quiet_transformers
+        from instructmining.models.hf import quiet_transformers
 
         tokenizer, model, yes, no = load_unieval(
             str(self.model), self.device, self.dtype, indicator=self.name

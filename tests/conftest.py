@@ -13,6 +13,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Tiny models spend more time synchronising threads than computing on 2 busy cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The default profile is `local` wherever the packaged models are installed; tests
+# that do not name a profile get the seconds-fast one (tests of the default unset it).
+os.environ.setdefault("INSTRUCTMINING_PROFILE", "lite")
 # Command tests must not write the default score cache (./.instructmining) of the checkout.
 os.environ.setdefault("INSTRUCTMINING_CACHE", str(Path(tempfile.mkdtemp()) / "cache.sqlite"))
 

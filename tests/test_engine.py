@@ -129,7 +129,7 @@ def test_default_indicators_are_the_offline_profile(tmp_path):
 
 def test_offline_profile_leaves_out_model_indicators_with_reasons():
     plan = profiles.build()
-    assert plan.profile == "offline"
+    assert plan.profile == "lite"
     assert [i.name for i in plan.indicators] == list(profiles.OFFLINE_INDICATORS)
     for name in ("reward", "naturalness", "coherence", "understandability"):
         assert name in plan.left_out
@@ -189,7 +189,7 @@ def test_score_file_writes_profile_left_out_and_runs(tmp_path):
     out = tmp_path / "s.parquet"
     report = score_file(data, out, cache=tmp_path / "c.sqlite")
     summary = json.loads(report.summary_path.read_text())
-    assert summary["profile"] == "offline" and "reward" in summary["left_out"]
+    assert summary["profile"] == "lite" and "reward" in summary["left_out"]
     assert summary["indicators"]["knn6"]["backend"] == "tfidf-svd"
     assert summary["runs"]["mtld"]["computed"] == 15
     again = score_file(data, out, cache=tmp_path / "c.sqlite", overwrite=True)

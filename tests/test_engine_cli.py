@@ -57,7 +57,7 @@ def test_offline_default_prints_left_out_and_reuses_the_cache(data, tmp_path):
     out = tmp_path / "s.parquet"
     result = run("score", data, "-o", out)
     assert result.exit_code == 0, result.output
-    assert "profile offline" in result.output
+    assert "profile lite" in result.output
     assert "left out reward: needs downloaded weights" in result.output
     assert "left out naturalness" in result.output and "--model unieval=PATH" in result.output
     assert "0 scores reused" in result.output

@@ -34,6 +34,7 @@ CONFIGS = {
         lambda rq: {},
         lambda rq: {"model": str(rq.getfixturevalue("tiny_causal_lm")), "device": "cpu"},
     ],
+    "ifd": [lambda rq: {"model": str(rq.getfixturevalue("tiny_causal_lm")), "device": "cpu"}],
     "knn6": [
         lambda rq: {},
         lambda rq: {"k": 2},

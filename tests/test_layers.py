@@ -7,12 +7,13 @@ REPO = Path(__file__).resolve().parent.parent
 # folder -> layer; a module may import its own folder or any folder of a LOWER layer.
 LAYERS = {
     "core": 0,
-    "indicators": 1,
-    "regression": 1,
-    "selection": 2,
-    "experiments": 3,
-    "generation": 3,
-    "cli": 4,
+    "models": 1,
+    "indicators": 2,
+    "regression": 2,
+    "selection": 3,
+    "experiments": 4,
+    "generation": 4,
+    "cli": 5,
 }
 SUB = {name for name in LAYERS if name != "core"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["cli", "indicators", "regression", "selection", "experiments", "generation"]
+SUBPACKAGES = ["cli", "models", "indicators", "regression", "selection", "experiments", "generation"]
 
 
 def code_folders():

@@ -1,6 +1,7 @@
-"""Model loading shared by the model-backed indicators.
+"""Model loading shared by indicators, the study and generation.
 
-Checkpoints are named by a Hugging Face id or a local path. A path that does not
+Checkpoints are named by a catalogue name (`models/catalogue.py`), a Hugging
+Face id or a local path. A path that does not
 exist, or a hub id that is neither cached nor reachable, fails at once with the
 checkpoint's name and the fix, instead of hanging for a minute inside
 transformers. Loaded models are cached per process by (kind, checkpoint,
@@ -40,7 +41,7 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1
 
 
-def _hub_cached(repo_id: str) -> bool:
+def hub_cached(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers always brings it
@@ -67,6 +68,16 @@ def check_model_source(spec: str, *, indicator: str, option: str | None = None) 
     path = Path(spec).expanduser()
     if path.exists():
         return str(path)
+    from instructmining.models.catalogue import CatalogueError, resolve
+
+    try:
+        named = resolve(spec, progress=True)
+    except CatalogueError as exc:
+        raise ModelUnavailableError(f"{indicator}: {exc}") from exc
+    if named is not None:
+        if Path(named).exists():
+            return named
+        spec = named  # a hub id: checked below
     # `option` may name a whole flag (e.g. "--base-model") instead of a --model key
     flag = (
         f"{key} /path/to/checkpoint"
@@ -79,7 +90,7 @@ def check_model_source(spec: str, *, indicator: str, option: str | None = None) 
     )
     if _looks_like_path(spec):
         raise ModelUnavailableError(f"{indicator}: checkpoint path {spec!r} does not exist; {fix}")
-    if _hub_cached(spec):
+    if hub_cached(spec):
         return spec
     if _offline():
         raise ModelUnavailableError(
@@ -117,19 +128,38 @@ def resolve_device(device: str = "auto") -> str:
     raise InstructMiningError(f"--device must be auto, cpu or cuda[:N]; got {device!r}")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("\nflags", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):  # not Linux: ask torch for the ISA level
+        import torch
+
+        return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
+    words = set(flags.split())
+    return bool(words & {"avx512_bf16", "amx_bf16"})
+
+
+def bf16_supported(device: str) -> bool:
+    """bf16 is fast on `device`: a GPU that supports it, or a CPU with bf16 units."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_bf16()
+
+
 def resolve_dtype(dtype: str, device: str) -> Any:
-    """torch dtype for 'auto' (bf16 on a GPU that supports it, else fp32), 'fp32', 'fp16', 'bf16'."""
+    """torch dtype for 'auto' (bf16 where the device supports it, else fp32), 'fp32', 'fp16', 'bf16'."""
     import torch
 
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
     if dtype not in table:
         raise InstructMiningError(f"dtype must be auto, fp32, fp16 or bf16; got {dtype!r}")
-    if dtype != "fp32" and device == "cpu":
-        raise InstructMiningError(f"dtype {dtype} needs a GPU; use fp32 on the CPU")
+    if dtype == "fp16" and device == "cpu":
+        raise InstructMiningError("dtype fp16 needs a GPU; use bf16 or fp32 on the CPU")
     return table[dtype]
 
 

@@ -1,0 +1,86 @@
+"""IFD: instruction-following difficulty of a response under a causal LM.
+
+IFD = perplexity of the output given its prompt / perplexity of the output
+alone (Li et al., "From Quantity to Quality", the Cherry LLM paper). A value
+near or above 1 means the prompt does not help the model predict the response
+(a weak or mismatched pair); a low value means the response follows largely
+from the instruction. Superfiltering (Li et al., 2024) shows that a small
+model's IFD ranks data much like a large one's, which is why the `local`
+profile computes it with SmolLM2-135M. Both perplexities score exactly the same
+output tokens (`instructmining.models.causal`); the conditional pass is shared
+with the `perplexity` indicator when both use the same model and settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from instructmining.indicators.base import Indicator
+from instructmining.indicators.registry import register
+from instructmining.records import Record
+
+
+@register
+class IFD(Indicator):
+    """Perplexity of the output given the prompt divided by its perplexity alone.
+
+    Source: Cherry LLM (Li et al., 2023); Superfiltering (Li et al., 2024) for
+    small scoring models. Higher = the prompt helps less. NaN for an empty output.
+    Cost: two causal-LM passes per record (one when `perplexity` shares the model).
+    """
+
+    name = "ifd"
+    description = "perplexity of the output given the prompt / perplexity of the output alone"
+    reads = ("instruction", "input", "output")
+    direction = "higher = the instruction helps less to predict the response"
+    needs_model = True
+    backends = ("causal-lm",)
+    runtime_settings = ("device", "token_budget")
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        device: str = "auto",
+        max_length: int = 1024,
+        dtype: str = "auto",
+        template: str = "auto",
+        token_budget: int = 8192,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.max_length = max_length
+        self.dtype = dtype
+        self.template = template
+        self.token_budget = token_budget
+
+    @property
+    def backend(self) -> str:
+        return "causal-lm"
+
+    def scorer(self) -> Any:
+        """The shared causal-LM token scorer (the same one `perplexity` uses)."""
+        from instructmining.models.causal import shared_scorer
+
+        if not self.model:
+            raise ValueError("ifd needs a causal LM: set its model (e.g. smollm2-135m-instruct)")
+        return shared_scorer(
+            str(self.model),
+            indicator=self.name,
+            device=self.device,
+            dtype=self.dtype,
+            template=self.template,
+            max_length=self.max_length,
+            token_budget=self.token_budget,
+        )
+
+    def score(self, records: Sequence[Record]) -> np.ndarray:
+        scorer = self.scorer()
+        given = scorer.score(records, conditional=True)
+        alone = scorer.score(records, conditional=False, progress=self.progress_)
+        self.truncated_mask_ = given.truncated | alone.truncated
+        self.truncated_ = int(self.truncated_mask_.sum())
+        return np.exp(given.mean_nll - alone.mean_nll)
