@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,13 @@ from instructmining.cli.options import (
     help="Skip a record whose cosine similarity to a kept one exceeds COS "
     "(embedding space of the rule's knn6; TF-IDF + SVD offline).",
 )
+@click.option(
+    "--within-range",
+    is_flag=True,
+    help="Keep every subset mean of a rule indicator inside the range the rule was fitted "
+    "on: swap records of the top k for the best-ranked ones that bring a mean back in "
+    "(exit 2 if no such subset is found).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
 @click.option(
     "--cache",
@@ -117,6 +125,7 @@ def select_command(
     scores_out: Path | None,
     strategy: str,
     diversity: float | None,
+    within_range: bool,
     seed: int,
     cache: Path | None,
     no_cache: bool,
@@ -142,15 +151,21 @@ def select_command(
       instructmining select pool.jsonl --rule paper-v3 --model unieval=/models/unieval \\
           --model reward=/models/oasst-rm --fraction 0.1 -o subset.jsonl --scores-out s.parquet
       instructmining select pool.jsonl --strategy random -k 1000 --seed 3 -o random.jsonl
+      instructmining select pool.jsonl --rule rule.json -k 256 --within-range -o inside.jsonl
       instructmining select pool.jsonl --rule rule.json --size auto --study study/ --budget 8 \\
           -o best.jsonl
+
+    With a rule, every rule indicator whose subset mean lies outside the range the
+    rule was fitted on gets a warning on stderr (and in OUTPUT.selection.json).
     """
     from instructmining.indicators.cache import default_cache_path
     from instructmining.progress import progress_enabled
     from instructmining.regression import load_rule
-    from instructmining.selection import select_file
+    from instructmining.selection import FittedRangeWarning, select_file
 
     if size_mode == "auto":
+        if within_range:
+            raise click.UsageError("--within-range does not combine with --size auto")
         _size_search(
             data,
             rule_spec,
@@ -177,32 +192,49 @@ def select_command(
         rule = load_rule(rule_spec) if rule_spec is not None else None
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="--rule") from None
-    report = select_file(
-        data,
-        output,
-        rule=rule,
-        scores_out=scores_out,
-        field_map=field_map or None,
-        on_error=on_error,
-        overwrite=overwrite,
-        k=k,
-        fraction=fraction,
-        max_predicted_loss=max_predicted_loss,
-        strategy=strategy,
-        diversity=diversity,
-        seed=seed,
-        models=models,
-        device=device,
-        batch_size=batch_size,
-        cache=None if no_cache else (cache or default_cache_path()),
-        progress=progress_enabled(quiet),
-    )
+    with warnings.catch_warnings():
+        # printed below as plain lines, not in Python's warning format
+        warnings.simplefilter("ignore", FittedRangeWarning)
+        report = select_file(
+            data,
+            output,
+            rule=rule,
+            scores_out=scores_out,
+            field_map=field_map or None,
+            on_error=on_error,
+            overwrite=overwrite,
+            k=k,
+            fraction=fraction,
+            max_predicted_loss=max_predicted_loss,
+            strategy=strategy,
+            diversity=diversity,
+            within_range=within_range,
+            seed=seed,
+            models=models,
+            device=device,
+            batch_size=batch_size,
+            cache=None if no_cache else (cache or default_cache_path()),
+            progress=progress_enabled(quiet),
+        )
+    chosen = report.selection
     click.echo(f"selected {report.n_selected} of {report.n_pool} records -> {report.output}")
-    if report.selection.rejected_for_diversity:
-        click.echo(f"{report.selection.rejected_for_diversity} records skipped as too similar")
+    if chosen.rejected_for_diversity:
+        click.echo(f"{chosen.rejected_for_diversity} records skipped as too similar")
+    if within_range:
+        click.echo(f"{chosen.range_swaps} swaps kept the subset inside the rule's fitted range")
     for name, means in report.summary().items():
+        line = f"  {name:<20} pool mean {means['pool']:.4g}   selected mean {means['selected']:.4g}"
+        fitted = chosen.range_check.get(name)
+        if fitted is not None:
+            line += f"   fitted range [{fitted['min']:.4g}, {fitted['max']:.4g}]"
+        click.echo(line)
+    for message in chosen.range_warnings:
+        click.echo(f"warning: {message}", err=True)
+    if rule is not None and strategy == "rule" and not chosen.range_check and rule.features:
         click.echo(
-            f"  {name:<20} pool mean {means['pool']:.4g}   selected mean {means['selected']:.4g}"
+            f"note: the rule {rule.name!r} records no fitted range; the subset's indicator "
+            "means were not checked against one",
+            err=True,
         )
     if report.rejects_path is not None:
         click.echo(f"skipped {report.n_rejects} rows; reasons in {report.rejects_path}", err=True)

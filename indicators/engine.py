@@ -309,6 +309,18 @@ class ScoreReport:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache: Path | None = None
     seconds: float = 0.0
+    #: per indicator: "backend" or "backend model (dtype)", for the printed summary
+    computed_by: dict[str, str] = field(default_factory=dict)
+
+
+def describe_backend(params: Mapping[str, Any]) -> str:
+    """How a column was computed, in a few words: backend, model and dtype when it has them."""
+    text = str(params.get("backend", ""))
+    if params.get("model"):
+        text += f" {params['model']}"
+        if params.get("dtype"):
+            text += f" ({params['dtype']})"
+    return text
 
 
 def plan_indicators(
@@ -426,4 +438,5 @@ def score_file(
         runs=runs,
         cache=None if cache is None else Path(cache),
         seconds=time.perf_counter() - began,
+        computed_by={ind.name: describe_backend(ind.params()) for ind in plan.indicators},
     )

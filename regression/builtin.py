@@ -22,6 +22,16 @@ KNN_MODEL = "sentence-transformers/all-mpnet-base-v2"  # as the paper profile's 
 _PAPER = 'Cao et al., "Instruction Mining", arXiv:2307.06290'
 
 
+def _no_range(features: str, datasets: str) -> str:
+    """The ranges note of a published rule whose paper gives no fitted range."""
+    return (
+        f"Not stated: the paper does not report the fitted range of {features} (the spread "
+        f"of its {datasets} candidate datasets' mean values), as far as the text available "
+        "to us shows. No range is recorded rather than one guessed, so select cannot warn "
+        "when a subset leaves it and --within-range cannot be used with this rule."
+    )
+
+
 class RuleNotFoundError(InstructMiningError, KeyError):
     """A rule name that is neither built in nor an existing file."""
 
@@ -58,6 +68,7 @@ def _paper_v1() -> Rule:
             "state the unit of its length indicator."
         ),
         citation=_PAPER + " (v1, 2023).",
+        ranges_note=_no_range("reward, output_length or knn6", "78"),
     )
 
 
@@ -95,6 +106,7 @@ def _paper_v3() -> Rule:
             "P(Yes)/(P(Yes)+P(No)) from the dialogue checkpoint."
         ),
         citation=_PAPER + " (v3, COLM 2024).",
+        ranges_note=_no_range("reward, understandability, naturalness or coherence", "129"),
     )
 
 

@@ -256,6 +256,7 @@ def fit_rule(
             ),
         },
         notes=f"Fitted by instructmining {__version__} on {n} datasets.",
+        ranges=fitted_ranges(X[chosen]),
     )
     coef_table = _coefficient_frame(model, chosen, vifs, standardization)
     uni = pd.DataFrame(correlations(X, y))
@@ -273,6 +274,27 @@ def fit_rule(
         loo_errors=loo_err,
         warnings=caught,
     )
+
+
+def fitted_ranges(X: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per column of `X` (one row per candidate dataset): min, mean, max and the count n.
+
+    The mean is clamped into [min, max]: summing n equal floats can land an ulp outside.
+    """
+    ranges: dict[str, dict[str, float]] = {}
+    for col in X.columns:
+        values = X[col].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if not len(values):
+            continue
+        lo, hi = float(values.min()), float(values.max())
+        ranges[str(col)] = {
+            "min": lo,
+            "mean": min(max(float(values.mean()), lo), hi),
+            "max": hi,
+            "n": len(values),
+        }
+    return ranges
 
 
 def _selection_cv(

@@ -102,6 +102,14 @@ def _markdown(result: FitResult, plots: list[str]) -> str:
         ),
         "",
         _md_table(result.coefficients.to_dict(orient="records")),
+        "## Fitted range",
+        "",
+        "Smallest, mean and largest value of each indicator the rule uses among the candidate"
+        " datasets it was fitted on (each value a dataset's mean). A subset whose mean lies"
+        " outside this span asks the rule to extrapolate; `select` warns about it and"
+        " `--within-range` keeps the subset inside.",
+        "",
+        _md_table(rule.range_rows()),
         "## Selection path",
         "",
         _md_table(_path_rows(result)),

@@ -4,6 +4,11 @@ A Rule is frozen and saved as versioned JSON (never pickle), so a rule file can
 be read, diffed and trusted. It carries each indicator's configuration
 (`params()` of the indicator that produced the column), so selection rebuilds
 exactly the indicators the rule was fitted on. Lower predicted loss is better.
+
+A rule also knows where it was fitted: `ranges` holds, for each indicator it uses,
+the smallest, mean and largest value among the candidate datasets of the fit (each
+value a dataset's mean). A subset whose mean lies outside that span asks the rule
+to extrapolate; selection warns about it (and `--within-range` avoids it).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -49,7 +54,15 @@ class Rule:
     provenance: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     citation: str = ""
+    #: per indicator the rule uses: min, mean and max of the fitted candidates' values
+    #: and their number n; empty when not recorded (older files, published rules)
+    ranges: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: why no range is recorded, or where the recorded one comes from
+    ranges_note: str = ""
     schema_version: int = SCHEMA_VERSION
+    #: the file the rule was read from ("" when built in code); names it in errors,
+    #: not part of the rule's JSON or of equality
+    source: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.target_transform not in ("log", "none"):
@@ -66,6 +79,8 @@ class Rule:
             raise ValueError(
                 f"rule {self.name!r}: no indicator configuration for {', '.join(missing)}"
             )
+        # a checked copy, so the rule does not share (mutable) dicts with its caller
+        object.__setattr__(self, "ranges", _checked_ranges(self.ranges, self.coefficients))
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -139,6 +154,8 @@ class Rule:
             "provenance": self.provenance,
             "notes": self.notes,
             "citation": self.citation,
+            "ranges": {k: dict(v) for k, v in self.ranges.items()},
+            "ranges_note": self.ranges_note,
         }
 
     def to_json(self) -> str:
@@ -167,6 +184,9 @@ class Rule:
         if not isinstance(coefficients, Mapping):
             raise ValueError("'coefficients' must be an object of indicator name to number")
         indicators = data.get("indicators") or {}
+        ranges = data.get("ranges") or {}  # absent in files written before ranges existed
+        if not isinstance(ranges, Mapping):
+            raise ValueError("'ranges' must be an object of indicator name to {min, mean, max, n}")
         return cls(
             name=str(data["name"]),
             intercept=float(data["intercept"]),
@@ -180,6 +200,8 @@ class Rule:
             provenance=dict(data.get("provenance") or {}),
             notes=str(data.get("notes", "")),
             citation=str(data.get("citation", "")),
+            ranges={str(k): v for k, v in ranges.items()},
+            ranges_note=str(data.get("ranges_note") or ""),
             schema_version=version,
         )
 
@@ -219,10 +241,15 @@ class Rule:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"not valid JSON ({exc.msg})", path=p, line=exc.lineno) from None
+        except RecursionError:
+            raise DataError("not valid JSON (nested too deeply)", path=p) from None
+        except ValueError:  # an integer of more digits than Python converts
+            raise DataError("not valid JSON (a number too long to read)", path=p) from None
         try:
-            return cls.from_dict(data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"not a valid rule: {exc}", path=p) from None
+            rule = cls.from_dict(data)
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise DataError(f"not a valid rule: {_one_line(exc)}", path=p) from None
+        return replace(rule, source=str(p))
 
     # --- display -------------------------------------------------------------------
     def coefficient_rows(self) -> list[dict[str, Any]]:
@@ -266,11 +293,46 @@ class Rule:
                 f"{k}={v}" for k, v in self.indicators.get(name, {}).items() if k != "name"
             )
             lines.append(f"  {name}: {params or '(name only; settings not recorded)'}")
+        lines.append("")
+        lines.extend(self.range_lines())
         lines.append("Lower predicted loss is better.")
         for label, text in (("Notes", self.notes), ("Citation", self.citation)):
             if text:
                 lines.append(f"{label}: {text}")
         return "\n".join(lines)
+
+    def range_rows(self) -> list[dict[str, Any]]:
+        """One row per indicator with a recorded range: indicator, min, mean, max (and n)."""
+        ranged = [name for name in self.features if name in self.ranges]
+        keys = ["min", "mean", "max"]
+        if any("n" in self.ranges[name] for name in ranged):
+            keys.append("n")
+        rows: list[dict[str, Any]] = []
+        for name in ranged:
+            rows.append({"indicator": name, **{k: self.ranges[name].get(k) for k in keys}})
+        return rows
+
+    def range_lines(self) -> list[str]:
+        """The fitted range as text: a table of the recorded ranges, or why there is none."""
+        rows = self.range_rows()
+        if rows:
+            lines = ["Fitted range (min, mean and max of the candidate datasets' mean values):"]
+            lines += ["  " + line for line in _text_table(rows).splitlines()]
+            unranged = [f for f in self.features if f not in self.ranges]
+            if unranged:
+                lines.append(f"  no range recorded for {', '.join(unranged)}")
+        elif self.features or self.ranges_note:
+            lines = ["Fitted range: not recorded."]
+            if not self.ranges_note:
+                lines.append(
+                    "  This rule stores no range (a rule fitted by instructmining records one); "
+                    "selection cannot tell when a subset lies outside what it was fitted on."
+                )
+        else:
+            return []
+        if self.ranges_note:
+            lines.append(f"  {self.ranges_note}")
+        return lines
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -285,6 +347,52 @@ class Rule:
             f"<div><b>Rule {escape(self.name)}</b><br><code>{escape(self.formula())}</code>"
             f"<table><tr>{head}</tr>{rows}</table>{notes}</div>"
         )
+
+
+_RANGE_KEYS = ("min", "mean", "max")
+
+
+def _checked_ranges(ranges: Any, features: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """`ranges` validated and copied: finite numbers, min <= mean <= max, n a count >= 1."""
+    if not isinstance(ranges, Mapping):
+        raise ValueError("'ranges' must be an object of indicator name to {min, mean, max, n}")
+    checked: dict[str, dict[str, float]] = {}
+    for name, entry in ranges.items():
+        where = f"the fitted range of {name!r}"
+        if name not in features:
+            raise ValueError(f"{where}: the rule does not use {name!r}")
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where} must be an object with min, mean, max (and n)")
+        unknown = sorted(set(map(str, entry)) - {*_RANGE_KEYS, "n"})
+        if unknown:
+            raise ValueError(f"{where} has unknown field(s) {', '.join(unknown)}")
+        values: dict[str, float] = {}
+        for key in _RANGE_KEYS:
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: {key} must be finite, got {value!r}")
+            values[key] = float(value)
+        if not values["min"] <= values["mean"] <= values["max"]:
+            raise ValueError(
+                f"{where}: needs min <= mean <= max, got min {values['min']!r}, "
+                f"mean {values['mean']!r}, max {values['max']!r}"
+            )
+        if "n" in entry:
+            n = entry["n"]
+            if isinstance(n, float) and n.is_integer():
+                n = int(n)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{where}: n must be a whole number >= 1, got {n!r}")
+            values["n"] = n
+        checked[str(name)] = values
+    return checked
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _standardized(block: Mapping[str, Any] | None, term: str) -> float | None:

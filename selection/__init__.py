@@ -5,6 +5,7 @@ if __name__ != "instructmining.selection":  # the bare folder imported from the 
         "Import this as instructmining.selection (install the project: pip install -e .)."
     )
 
+from instructmining.selection.ranges import FittedRangeWarning, RangeInfeasibleError
 from instructmining.selection.run import SelectReport, select_file
 from instructmining.selection.select import (
     MissingIndicatorError,
@@ -14,7 +15,9 @@ from instructmining.selection.select import (
 )
 
 __all__ = [
+    "FittedRangeWarning",
     "MissingIndicatorError",
+    "RangeInfeasibleError",
     "SelectReport",
     "Selection",
     "rule_indicators",

@@ -9,7 +9,12 @@ from typing import Any
 
 from instructmining.readers import OnError, read_records
 from instructmining.regression import Rule
-from instructmining.selection.select import Selection, select
+from instructmining.selection.select import (
+    Selection,
+    check_within_range,
+    rule_settings,
+    select,
+)
 from instructmining.writers import check_output, rejects_path, write_json, write_rows
 
 
@@ -52,6 +57,10 @@ def select_file(
     **options: Any,
 ) -> SelectReport:
     """Read `data`, run `select` (see its options), write the subset and the scores atomically."""
+    if rule is not None and options.get("strategy", "rule") == "rule":
+        rule_settings(rule)  # a refused setting in the rule fails before any data is read
+    if options.get("within_range"):
+        check_within_range(rule, strategy=options.get("strategy", "rule"))
     out = check_output(output, overwrite=overwrite, inputs=[data])
     scores_path = (
         check_output(scores_out, overwrite=overwrite, inputs=[data])
@@ -80,6 +89,9 @@ def select_file(
             "rejected_for_diversity": chosen.rejected_for_diversity,
             "rule": rule.to_dict() if rule is not None else None,
             "means": report.summary(),
+            "range_check": chosen.range_check,
+            "range_warnings": chosen.range_warnings,
+            "within_range_swaps": chosen.range_swaps,
         },
         out.with_name(out.name + ".selection.json"),
     )

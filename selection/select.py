@@ -9,6 +9,13 @@ a record's distance to its k-th neighbour among all candidates is a property
 of the record within the data it is drawn from, and keeps the ranking a plain
 sort (reproducible, a prefix for every size). The subset's own ``knn6`` would
 differ; ``--diversity`` is the tool for controlling redundancy inside it.
+
+The rule only knows the span of mean indicator values it was fitted on
+(`Rule.ranges`). After choosing, every rule indicator's subset mean is checked
+against that span, with a FittedRangeWarning for each one outside;
+``within_range`` chooses a subset that stays inside (see `ranges.within_range_subset`).
+Like ``diversity`` it is a constraint on how the subset is taken from the rule's
+ordering, not an ordering of its own, so it is an option of the rule strategy.
 """
 
 from __future__ import annotations
@@ -26,10 +33,18 @@ from instructmining.errors import InstructMiningError, ParameterError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.engine import score
 from instructmining.indicators.knn import KNN
-from instructmining.indicators.registry import DESCRIPTIVE_PARAMS, from_params
+from instructmining.indicators.registry import from_params
+from instructmining.indicators.spec import check_backend, check_params
 from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection.diversity import diverse_prefix
+from instructmining.selection.ranges import (
+    FittedRangeWarning,
+    check_messages,
+    check_subset,
+    ranged_features,
+    within_range_subset,
+)
 from instructmining.selection.strategies import (
     STRATEGIES,
     longest_order,
@@ -53,10 +68,56 @@ class Selection:
     strategy: str
     settings: dict[str, Any] = field(default_factory=dict)
     rejected_for_diversity: int = 0
+    #: per ranged rule indicator: subset_mean, the rule's min/mean/max, inside (see ranges.py)
+    range_check: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: one line per indicator whose subset mean lies outside the rule's fitted range
+    range_warnings: list[str] = field(default_factory=list)
+    #: swaps made by within-range selection
+    range_swaps: int = 0
 
     def subset(self, records: Sequence[Record]) -> list[Record]:
         """The selected records, in selection order."""
         return [records[i] for i in self.indices]
+
+
+def rule_where(rule: Rule) -> str:
+    """How errors name a rule: its file, else its name."""
+    return rule.source or f"rule {rule.name!r}"
+
+
+def rule_settings(rule: Rule) -> dict[str, dict[str, Any]]:
+    """The checked constructor settings of every indicator the rule uses, by name.
+
+    The rule's stored settings are data: they go through `indicators.spec`, which
+    refuses `trust_remote_code`, unknown settings, bad values and a code version
+    other than this installation's, naming the rule file. An indicator that is not
+    registered here is a MissingIndicatorError.
+    """
+    from instructmining.indicators.registry import registered
+
+    missing = [name for name in rule.features if name not in registered()]
+    if missing:
+        raise MissingIndicatorError(
+            f"the rule {rule.name!r} needs indicator {missing[0]!r}, which is not registered "
+            f"here (registered: {', '.join(sorted(registered()))}); install the plugin that "
+            "provides it"
+        )
+    where = rule_where(rule)
+    return {
+        name: check_params(rule.indicators.get(name) or {"name": name}, source=where, name=name)[1]
+        for name in rule.features
+    }
+
+
+def check_within_range(rule: Rule | None, *, strategy: str = "rule") -> None:
+    """Refuse within-range selection without the rule strategy or a rule with a fitted range."""
+    if strategy != "rule" or rule is None:
+        raise ParameterError("'within_range' works with the rule strategy and needs a rule.")
+    if not ranged_features(rule):
+        raise ParameterError(
+            f"'within_range' needs the rule's fitted range, and {rule_where(rule)} records "
+            "none (a rule fitted by `instructmining fit` records it)."
+        )
 
 
 def rule_indicators(
@@ -68,37 +129,24 @@ def rule_indicators(
 ) -> list[Indicator]:
     """Rebuild the indicators a rule was fitted with; `models` overrides checkpoints by name.
 
-    Fails before any work when a needed indicator is not registered or its checkpoint
-    cannot be loaded here, naming it and how to provide it.
+    Fails before any work when a needed indicator is not registered, its stored
+    settings are refused (see `rule_settings`) or its checkpoint cannot be loaded
+    here, naming it and how to provide it.
     """
     from instructmining.indicators import profiles
-    from instructmining.indicators.registry import registered
 
-    missing = [name for name in rule.features if name not in registered()]
-    if missing:
-        raise MissingIndicatorError(
-            f"the rule {rule.name!r} needs indicator {missing[0]!r}, which is not registered "
-            f"here (registered: {', '.join(sorted(registered()))}); install the plugin that "
-            "provides it"
-        )
+    stored = rule_settings(rule)
     models = dict(models or {})
     try:
-        unknown = set(profiles.expand_models(models)) - set(rule.features)
+        overridden = set(profiles.expand_models(models))
     except KeyError as exc:
         raise InstructMiningError(str(exc.args[0])) from None
+    unknown = overridden - set(rule.features)
     if unknown:
         raise InstructMiningError(
             f"--model {', '.join(sorted(unknown))}: the rule {rule.name!r} does not use "
             f"{'it' if len(unknown) == 1 else 'them'} (it uses {', '.join(rule.features)})"
         )
-    stored = {
-        name: {
-            k: v
-            for k, v in (rule.indicators.get(name) or {}).items()
-            if k not in DESCRIPTIVE_PARAMS
-        }
-        for name in rule.features
-    }
     try:
         plan = profiles.build(
             names=rule.features,
@@ -116,6 +164,9 @@ def rule_indicators(
         raise MissingIndicatorError(
             f"the rule {rule.name!r} needs a checkpoint that cannot be loaded here: {exc}"
         ) from None
+    for ind in plan.indicators:
+        if ind.name not in overridden:  # a checkpoint given on the command line may change it
+            check_backend(ind, rule.indicators.get(ind.name) or {}, source=rule_where(rule))
     return plan.indicators
 
 
@@ -151,6 +202,7 @@ def select(
     max_predicted_loss: float | None = None,
     strategy: str = "rule",
     diversity: float | None = None,
+    within_range: bool = False,
     seed: int = 0,
     models: Mapping[str, str] | None = None,
     device: str | None = None,
@@ -164,6 +216,13 @@ def select(
     by record id); "random" and "longest" are the paper's baselines and need no rule.
     `diversity` (a cosine threshold) rejects a record too similar to one already kept,
     in the embedding space of the rule's ``knn6`` configuration (TF-IDF + SVD offline).
+    `within_range` (rule strategy, with `k` or `fraction`) keeps every subset mean of
+    a rule indicator inside the rule's fitted range by swapping records of the top k
+    (`ranges.within_range_subset`); RangeInfeasibleError when it finds no such subset.
+
+    With the rule strategy, each rule indicator whose subset mean lies outside the
+    rule's fitted range gives a FittedRangeWarning, also kept in
+    `Selection.range_warnings` (`Selection.range_check` has every mean and range).
     """
     import pandas as pd
 
@@ -182,6 +241,13 @@ def select(
         raise ParameterError("Say how many records to keep: k, fraction or max_predicted_loss.")
     if strategy == "rule" and rule is None:
         raise ParameterError("The rule strategy needs a rule.")
+    if within_range:
+        check_within_range(rule, strategy=strategy)
+        if diversity is not None or size is None:
+            raise ParameterError(
+                "'within_range' takes k or fraction and does not combine with 'diversity' "
+                "or 'max_predicted_loss'."
+            )
 
     ids = [r.id for r in records]
     frame = pd.DataFrame({"id": ids})
@@ -215,7 +281,7 @@ def select(
                 f"no record has a predicted loss <= {max_predicted_loss}; the lowest is "
                 f"{np.nanmin(predicted):.4g}"
             )
-    rejected = 0
+    rejected = swaps = 0
     if diversity is not None:
         embeddings = _embeddings(records, rule)
         chosen, rejected = diverse_prefix(order, embeddings, diversity, size)
@@ -225,8 +291,26 @@ def select(
                 f"{size} records asked for",
                 stacklevel=2,
             )
+    elif within_range:
+        assert rule is not None and size is not None
+        names = ranged_features(rule)
+        chosen, swaps = within_range_subset(
+            order,
+            frame[names].to_numpy(dtype=np.float64),
+            [rule.ranges[name]["min"] for name in names],
+            [rule.ranges[name]["max"] for name in names],
+            size,
+            names,
+        )
     else:
         chosen = order[:size]
+    check: dict[str, dict[str, Any]] = {}
+    if strategy == "rule":
+        assert rule is not None
+        check = check_subset(rule, frame, chosen)
+    messages = check_messages(check)
+    for message in messages:
+        warnings.warn(message, FittedRangeWarning, stacklevel=2)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(1, n + 1)
     frame["rank"] = rank
@@ -238,16 +322,27 @@ def select(
         "fraction": fraction,
         "max_predicted_loss": max_predicted_loss,
         "diversity": diversity,
+        "within_range": within_range,
         "seed": seed,
         "rule": rule.name if rule is not None else None,
     }
-    return Selection(chosen, frame, strategy, settings, rejected)
+    return Selection(
+        chosen,
+        frame,
+        strategy,
+        settings,
+        rejected,
+        range_check=check,
+        range_warnings=messages,
+        range_swaps=swaps,
+    )
 
 
 def _embeddings(records: Sequence[Record], rule: Rule | None) -> np.ndarray:
     """L2-normalised embeddings from the rule's knn6 configuration (offline TF-IDF by default)."""
     params = (rule.indicators.get("knn6") if rule is not None else None) or {"name": "knn6"}
-    knn = from_params(params)
+    where = rule_where(rule) if rule is not None else None
+    knn = from_params(params, source=where, name="knn6")
     if not isinstance(knn, KNN):
         raise InstructMiningError("--diversity needs the built-in knn6 indicator's embeddings")
     return np.asarray(knn.embed(records), dtype=np.float64)
