@@ -1,4 +1,4 @@
-"""`instructmining study compare`: the rule's top-K against random and longest K."""
+"""`instructmining study compare`: subsets chosen by the rule and by baselines, finetuned."""
 
 from __future__ import annotations
 
@@ -34,7 +34,14 @@ from instructmining.cli.options import (
     show_default=True,
     help="Finetuning seeds (and random subsets) per strategy.",
 )
-@click.option("--strategies", default="rule,random,longest", show_default=True)
+@click.option(
+    "--strategies",
+    default="rule,random,longest",
+    show_default=True,
+    metavar="NAME,...",
+    help="Comma-separated: rule, rule-in-range, random, longest, top:IND, bottom:IND "
+    "(IND: one of the study's indicators).",
+)
 @training_options()
 @model_option
 @map_option
@@ -52,22 +59,34 @@ def compare_command(
     quiet: bool,
     **training: Any,
 ) -> None:
-    """Finetune on the rule's top-K, a random K and the longest K of POOL; compare the losses.
+    """Finetune on K records of POOL chosen by each strategy; compare the losses.
 
-    Uses the study's D_eval (pool records overlapping it are removed) and base
-    model; results go to STUDY_DIR/compare/<fingerprint>/ (runs.csv, summary.md)
-    and a killed comparison resumes where it stopped.
+    Strategies: rule (the rule's top K), rule-in-range (the rule's ranking with
+    the subset means kept inside its fitted range), random (seeded), longest
+    (longest outputs), top:IND and bottom:IND (highest / lowest value of the
+    study indicator IND, e.g. top:ifd). Uses the study's D_eval (pool records
+    overlapping it are removed), base model and score cache; results go to
+    STUDY_DIR/compare/<fingerprint>/ (runs.csv, summary.md, summary.json) with
+    each subset's mean of every study indicator and paired differences against
+    random; a killed comparison resumes where it stopped.
 
     \b
     Example:
       instructmining study compare study/ --pool dolly.json --rule study/rule.json \\
-          --size 1000 --seeds 5 --base-model tiny
+          --size 1000 --seeds 5 --strategies rule,rule-in-range,random,top:ifd
     """
-    from instructmining.experiments.compare import compare_strategies
+    from instructmining.experiments.compare import (
+        compare_strategies,
+        parse_strategies,
+        study_indicator_names,
+    )
+    from instructmining.experiments.study import Study
     from instructmining.progress import progress_enabled
     from instructmining.readers import read_records
     from instructmining.regression import load_rule
 
+    # names checked before the pool is read (ParameterError: one line, exit code 2)
+    chosen = parse_strategies(strategies.split(","), study_indicator_names(Study(study_dir)))
     try:
         rule = load_rule(rule_spec)
     except KeyError as exc:
@@ -88,7 +107,7 @@ def compare_command(
         size=size,
         seeds=seeds,
         settings=settings,
-        strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+        strategies=chosen,
         models=models,
         progress=progress_enabled(quiet),
         on_result=report,

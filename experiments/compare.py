@@ -1,10 +1,29 @@
-"""Does selection work? Finetune on a rule's top-K, a random K and the longest K of one pool.
+"""Does selection work? Finetune on subsets of one pool chosen by several strategies.
+
+Strategies (names as on the command line):
+
+- ``rule``: the rule's top K (lowest predicted loss);
+- ``rule-in-range``: the rule's ranking with the subset means kept inside the
+  rule's fitted range (`select(..., within_range=True)`);
+- ``random``: K records drawn with the seed;
+- ``longest``: the K longest outputs (the paper's length baseline);
+- ``top:IND`` / ``bottom:IND``: the K records with the highest / lowest value of
+  the study indicator IND (ties by record id, missing values last), e.g.
+  ``top:ifd`` is how Cherry LLM selects.
 
 Every (strategy, seed) run is one finetuning + evaluation through the study
 runner, stored in a results store beside the study so that a killed comparison
 resumes. The seed changes the finetuning seed for every strategy and, for the
-random strategy, the subset too; the rule's and the longest subsets do not
-depend on it. Paired differences compare strategies within a seed.
+random strategy, the subset too; the other subsets do not depend on it. Every
+subset is chosen before the first finetuning, so a strategy that cannot be
+applied stops the comparison before any training.
+
+Each run row records the subset's mean of every study indicator
+(``subset_mean_<indicator>``), scored on the subset as a set like a study
+candidate, so the means are on the scale the rule was fitted on. Indicator values
+used for ranking (``top:``/``bottom:``) are scored over the whole pool. Both go
+through the study's score cache. Paired differences compare strategies within a
+seed: every strategy against ``random``, and ``rule`` against every other one.
 """
 
 from __future__ import annotations
@@ -12,30 +31,40 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InstructMiningError, ParameterError
 from instructmining.experiments.evalset import remove_overlap
 from instructmining.experiments.runner import (
     RunSettings,
     describe_error,
+    indicator_means,
     prepare_base,
     resolve_settings,
     train_and_evaluate,
 )
 from instructmining.experiments.store import ResultsStore
-from instructmining.experiments.study import Study
+from instructmining.experiments.study import MANIFEST, Study
 from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection import select
 from instructmining.writers import atomic_path, write_json, write_rows
 
+#: strategies named without an indicator
+FIXED_STRATEGIES = ("rule", "rule-in-range", "random", "longest")
+#: strategies that take a study indicator: PREFIX:IND
+INDICATOR_PREFIXES = ("top", "bottom")
+#: the default set
 STRATEGIES = ("rule", "random", "longest")
+#: the strategy every other one is paired with
+BASELINE = "random"
+#: part of the comparison folder's fingerprint: bumped when the rows change meaning
+_FORMAT = 2
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -50,12 +79,76 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     return mean, mean - half, mean + half
 
 
+def strategy_choices(indicators: Sequence[str]) -> str:
+    """The accepted strategy names, for messages and help."""
+    names = ", ".join(indicators) if indicators else "none in this study"
+    return f"{', '.join(FIXED_STRATEGIES)}, top:IND, bottom:IND (IND: {names})"
+
+
+def parse_strategies(names: Sequence[str], indicators: Sequence[str]) -> list[str]:
+    """Checked strategy names in the order given (repeats dropped); ParameterError otherwise.
+
+    `indicators` are the study's indicator names, the values IND of ``top:IND`` and
+    ``bottom:IND`` may take.
+    """
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        prefix, sep, ind = name.partition(":")
+        if sep and prefix in INDICATOR_PREFIXES:
+            if ind not in indicators:
+                raise ParameterError(
+                    f"strategy {name!r}: {ind!r} is not an indicator of the study; choose from "
+                    f"{', '.join(indicators) or '(the study has none)'}"
+                )
+        elif name not in FIXED_STRATEGIES:
+            raise ParameterError(
+                f"unknown strategy {name!r}; choose from {strategy_choices(indicators)}"
+            )
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise ParameterError(f"no strategy given; choose from {strategy_choices(indicators)}")
+    return out
+
+
+def study_indicator_names(study: Study) -> list[str]:
+    """The names of the study's indicators, in manifest order."""
+    return [str(p["name"]) for p in study.indicator_params]
+
+
+def _fmt(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(number) else f"{number:.4g}"
+
+
 @dataclass
 class Comparison:
-    """Per-run losses, per-strategy intervals and paired differences."""
+    """Per-run losses, per-strategy intervals, subset means and paired differences."""
 
-    runs: Any  # DataFrame: strategy, seed, eval_loss, ...
+    runs: Any  # DataFrame: strategy, seed, eval_loss, subset_mean_<indicator>, ...
     folder: Path
+    #: the study indicators whose subset means are tabled (default: every subset_mean_ column)
+    indicators: list[str] = field(default_factory=list)
+    #: the rule's fitted range by indicator ({min, mean, max}), shown under the means
+    ranges: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def _strategies(self) -> list[str]:
+        return list(dict.fromkeys(self.runs["strategy"]))
+
+    def mean_columns(self) -> list[str]:
+        """The indicators with a subset mean column."""
+        names = self.indicators or [
+            c.removeprefix("subset_mean_")
+            for c in self.runs.columns
+            if c.startswith("subset_mean_") and c != "subset_mean_output_words"
+        ]
+        return [n for n in names if f"subset_mean_{n}" in self.runs.columns]
 
     def per_strategy(self) -> list[dict[str, Any]]:
         """Mean eval loss and its 95% interval for each strategy."""
@@ -73,51 +166,160 @@ class Comparison:
             )
         return out
 
-    def paired(self, against: str = "rule") -> list[dict[str, Any]]:
-        """Mean of (`against` − other) per seed, with a 95% interval; negative favours `against`."""
-        wide = self.runs.pivot(index="seed", columns="strategy", values="eval_loss")
+    def subset_means(self) -> list[dict[str, Any]]:
+        """Per strategy: the mean over its runs of each indicator's subset mean."""
+        columns = self.mean_columns()
         out = []
-        for other in wide.columns:
-            if other == against or against not in wide.columns:
-                continue
-            diff = (wide[against] - wide[other]).dropna()
-            mean, low, high = mean_interval(diff.tolist())
-            out.append(
-                {
-                    "difference": f"{against} - {other}",
-                    "pairs": len(diff),
-                    "mean": mean,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "wins": int((diff < 0).sum()),
-                }
-            )
+        for strategy, group in self.runs.groupby("strategy", sort=False):
+            row: dict[str, Any] = {"strategy": strategy, "runs": len(group)}
+            for name in columns:
+                values = group[f"subset_mean_{name}"].astype(float)
+                row[name] = float(values.mean()) if values.notna().any() else math.nan
+            out.append(row)
         return out
 
+    def _differences(self, first: str, second: str, wide: Any) -> dict[str, Any]:
+        diff = (wide[first] - wide[second]).dropna()
+        mean, low, high = mean_interval(diff.tolist())
+        return {
+            "difference": f"{first} - {second}",
+            "pairs": len(diff),
+            "mean": mean,
+            "ci_low": low,
+            "ci_high": high,
+            "wins": int((diff < 0).sum()),
+        }
+
+    def _wide(self) -> Any:
+        return self.runs.pivot(index="seed", columns="strategy", values="eval_loss")
+
+    def paired(self, against: str = "rule") -> list[dict[str, Any]]:
+        """Mean of (`against` − other) per seed, with a 95% interval; negative favours `against`.
+
+        `wins` counts the seeds where `against` has the lower loss.
+        """
+        wide = self._wide()
+        if against not in wide.columns:
+            return []
+        return [
+            self._differences(against, other, wide)
+            for other in self._strategies()
+            if other != against and other in wide.columns
+        ]
+
+    def versus(self, baseline: str = BASELINE) -> list[dict[str, Any]]:
+        """Mean of (strategy − `baseline`) per seed for every other strategy; negative beats it.
+
+        `wins` counts the seeds where the strategy has the lower loss than `baseline`.
+        """
+        wide = self._wide()
+        if baseline not in wide.columns:
+            return []
+        return [
+            self._differences(other, baseline, wide)
+            for other in self._strategies()
+            if other != baseline and other in wide.columns
+        ]
+
     def markdown(self) -> str:
-        """The two tables as markdown."""
+        """The loss, subset-mean and paired-difference tables as markdown."""
         lines = ["| strategy | runs | mean eval loss | 95% interval |", "|---|---|---|---|"]
         for r in self.per_strategy():
             lines.append(
                 f"| {r['strategy']} | {r['runs']} | {r['mean_loss']:.4f} | "
                 f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}] |"
             )
-        lines += [
-            "",
-            "| paired difference | pairs | mean | 95% interval | seeds where rule wins |",
-            "|---|---|---|---|---|",
-        ]
-        for r in self.paired():
-            lines.append(
-                f"| {r['difference']} | {r['pairs']} | {r['mean']:+.4f} | "
-                f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['wins']}/{r['pairs']} |"
-            )
+        columns = self.mean_columns()
+        if columns:
+            lines += [
+                "",
+                "Subset mean of each indicator (averaged over a strategy's runs):",
+                "",
+                "| strategy | " + " | ".join(columns) + " |",
+                "|---|" + "---|" * len(columns),
+            ]
+            for r in self.subset_means():
+                lines.append(
+                    f"| {r['strategy']} | " + " | ".join(_fmt(r[c]) for c in columns) + " |"
+                )
+            ranged = [c for c in columns if c in self.ranges]
+            if ranged:
+                cells = [
+                    f"[{_fmt(self.ranges[c]['min'])}, {_fmt(self.ranges[c]['max'])}]"
+                    if c in self.ranges
+                    else ""
+                    for c in columns
+                ]
+                lines.append("| *rule's fitted range* | " + " | ".join(cells) + " |")
+        for title, rows in (
+            (f"seeds where it beats {BASELINE}", self.versus()),
+            ("seeds where rule wins", self.paired()),
+        ):
+            if not rows:
+                continue
+            lines += [
+                "",
+                f"| paired difference | pairs | mean | 95% interval | {title} |",
+                "|---|---|---|---|---|",
+            ]
+            for r in rows:
+                lines.append(
+                    f"| {r['difference']} | {r['pairs']} | {r['mean']:+.4f} | "
+                    f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['wins']}/{r['pairs']} |"
+                )
         return "\n".join(lines) + "\n"
 
 
 def _fingerprint(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _ranked_subset(
+    records: Sequence[Record], values: np.ndarray, size: int, *, highest: bool
+) -> list[Record]:
+    """The `size` records with the highest (lowest) value, ties by record id, NaN last."""
+    from instructmining.selection.strategies import order_by_value
+
+    vals = np.asarray(values, dtype=np.float64)
+    order = order_by_value(-vals if highest else vals, records)
+    return [records[int(i)] for i in order[:size]]
+
+
+def choose_subset(
+    strategy: str,
+    records: Sequence[Record],
+    rule: Rule,
+    *,
+    size: int,
+    seed: int,
+    pool_scores: Mapping[str, np.ndarray],
+    models: Mapping[str, str] | None = None,
+    cache: str | Path | None = None,
+    progress: bool = False,
+) -> list[Record]:
+    """The subset one strategy picks from `records` (see the module docstring).
+
+    `pool_scores` holds the values over `records` of every indicator a ``top:`` or
+    ``bottom:`` strategy ranks by.
+    """
+    prefix, sep, ind = strategy.partition(":")
+    if sep:
+        return _ranked_subset(records, pool_scores[ind], size, highest=prefix == "top")
+    in_range = strategy == "rule-in-range"
+    uses_rule = strategy == "rule" or in_range
+    chosen = select(
+        records,
+        rule if uses_rule else None,
+        k=size,
+        strategy="rule" if uses_rule else strategy,
+        within_range=in_range,
+        seed=seed,
+        models=models,
+        cache=cache,
+        progress=progress,
+    )
+    return chosen.subset(records)
 
 
 def compare_strategies(
@@ -134,12 +336,26 @@ def compare_strategies(
     on_result: Callable[[str, int, dict[str, Any] | str], None] | None = None,
 ) -> Comparison:
     """Run (or resume) the comparison; results live in STUDY/compare/<fingerprint>/."""
+    from instructmining.indicators.engine import score
+    from instructmining.indicators.registry import from_params
+
     if seeds < 1:
         raise InstructMiningError(f"--seeds must be >= 1, got {seeds}")
-    unknown = set(strategies) - set(STRATEGIES)
-    if unknown:
-        raise InstructMiningError(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES}")
     study = Study(study_path)
+    names = study_indicator_names(study)
+    strategies = parse_strategies(strategies, names)
+    if "rule-in-range" in strategies:
+        from instructmining.selection.ranges import ranged_features
+        from instructmining.selection.select import rule_where
+
+        if not ranged_features(rule):
+            raise ParameterError(
+                f"strategy 'rule-in-range' needs the rule's fitted range, and "
+                f"{rule_where(rule)} records none (a rule fitted by `instructmining fit` "
+                "records it)"
+            )
+    # the manifest's stored settings are checked before any work (indicators.spec)
+    indicators = [from_params(p, source=study.path / MANIFEST) for p in study.indicator_params]
     kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
     records = kept["pool"]
     if size > len(records):
@@ -156,57 +372,84 @@ def compare_strategies(
         settings.base_model,
         settings.train.key(),
         sorted(strategies),
+        study.indicator_params,
+        _FORMAT,
     )
     folder = study.path / "compare" / key
     folder.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(folder / "runs.sqlite")
-    done = store.entries()
+    finished = {run_id for run_id, e in store.entries().items() if e.status == "done"}
+    todo = [
+        (strategy, seed)
+        for strategy in strategies
+        for seed in range(seeds)
+        if f"{strategy}-seed{seed}" not in finished
+    ]
+    # every subset and its means first: a strategy that cannot be applied stops before any
+    # training, and a resumed comparison finds every score it needs in the cache
+    ranked_by = sorted({s.partition(":")[2] for s, _ in todo if ":" in s})
+    pool_scores: dict[str, np.ndarray] = {}
+    if ranked_by:
+        frame = score(
+            records,
+            [ind for ind in indicators if ind.name in ranked_by],
+            cache=study.cache_dir,
+            progress=progress,
+        )
+        pool_scores = {name: frame[name].to_numpy(dtype=np.float64) for name in ranked_by}
     subsets: dict[tuple[str, int], list[Record]] = {}
-    for strategy in strategies:
-        for seed in range(seeds):
-            run_id = f"{strategy}-seed{seed}"
-            if run_id in done and done[run_id].status == "done":
-                continue
-            pick_seed = seed if strategy == "random" else 0
-            if (strategy, pick_seed) not in subsets:
-                chosen = select(
-                    records,
-                    rule if strategy == "rule" else None,
-                    k=size,
-                    strategy=strategy,
-                    seed=pick_seed,
-                    models=models,
-                    cache=study.cache_dir,
-                )
-                subsets[(strategy, pick_seed)] = chosen.subset(records)
-            subset = subsets[(strategy, pick_seed)]
-            run_settings = replace(settings, train=replace(settings.train, seed=seed))
-            try:
-                row = train_and_evaluate(
-                    base, subset, study.eval_records, run_settings, progress=progress
-                )
-            except Exception as exc:  # one failed run is recorded; the comparison goes on
-                store.record_failed(run_id, describe_error(exc))
-                if on_result:
-                    on_result(strategy, seed, describe_error(exc))
-                continue
-            row |= {
-                "strategy": strategy,
-                "seed": seed,
-                "size": size,
-                "subset_mean_output_words": float(np.mean([len(r.output.split()) for r in subset])),
-            }
-            store.record_done(run_id, row)
+    for strategy, seed in todo:
+        pick_seed = seed if strategy == "random" else 0
+        if (strategy, pick_seed) not in subsets:
+            subsets[(strategy, pick_seed)] = choose_subset(
+                strategy,
+                records,
+                rule,
+                size=size,
+                seed=pick_seed,
+                pool_scores=pool_scores,
+                models=models,
+                cache=study.cache_dir,
+                progress=progress,
+            )
+    means = {
+        pick: indicator_means(
+            score(subset, indicators, cache=study.cache_dir, progress=progress), names
+        )
+        for pick, subset in subsets.items()
+    }
+    for strategy, seed in todo:
+        pick = (strategy, seed if strategy == "random" else 0)
+        subset = subsets[pick]
+        run_id = f"{strategy}-seed{seed}"
+        run_settings = replace(settings, train=replace(settings.train, seed=seed))
+        try:
+            row = train_and_evaluate(
+                base, subset, study.eval_records, run_settings, progress=progress
+            )
+        except Exception as exc:  # one failed run is recorded; the comparison goes on
+            store.record_failed(run_id, describe_error(exc))
             if on_result:
-                on_result(strategy, seed, row)
+                on_result(strategy, seed, describe_error(exc))
+            continue
+        row |= {
+            "strategy": strategy,
+            "seed": seed,
+            "size": size,
+            "subset_mean_output_words": float(np.mean([len(r.output.split()) for r in subset])),
+            **{f"subset_mean_{name}": value for name, value in means[pick].items()},
+        }
+        store.record_done(run_id, row)
+        if on_result:
+            on_result(strategy, seed, row)
     runs = store.table()
     if runs.empty:
         raise InstructMiningError(
             f"no run of the comparison finished; see {folder / 'runs.sqlite'}"
         )
-    order = runs["strategy"].map({n: i for i, n in enumerate(STRATEGIES)})
+    order = runs["strategy"].map({n: i for i, n in enumerate(strategies)})
     runs = runs.assign(_order=order).sort_values(["_order", "seed"]).drop(columns="_order")
-    result = Comparison(runs.reset_index(drop=True), folder)
+    result = Comparison(runs.reset_index(drop=True), folder, names, dict(rule.ranges))
     write_rows(result.runs, folder / "runs.csv", overwrite=True)
     with atomic_path(folder / "summary.md") as tmp:
         tmp.write_text(result.markdown(), encoding="utf-8")
@@ -216,9 +459,14 @@ def compare_strategies(
             "removed_eval_overlap": removed["pool"],
             "size": size,
             "seeds": seeds,
+            "strategies": strategies,
             "rule": rule.name,
             "base_model": settings.base_model,
+            "indicators": names,
             "per_strategy": result.per_strategy(),
+            "subset_means": result.subset_means(),
+            "rule_ranges": result.ranges,
+            "paired_vs_random": result.versus(),
             "paired": result.paired(),
         },
         folder / "summary.json",

@@ -17,6 +17,7 @@ from instructmining.experiments.size_search import grid_sizes, search_sizes, siz
 from instructmining.experiments.study import create_study
 from instructmining.records import make_record
 from instructmining.regression import Rule
+from instructmining.selection import FittedRangeWarning
 
 SMALL = {"max_length": 64, "epochs": 1, "batch_size": 8}
 RULE = Rule(
@@ -103,6 +104,7 @@ def test_compare_runs_every_strategy_and_resumes(study_dir, monkeypatch, tiny_ca
     rule_words = result.runs.query("strategy == 'rule'")["subset_mean_output_words"].iloc[0]
     longest_words = result.runs.query("strategy == 'longest'")["subset_mean_output_words"].iloc[0]
     assert rule_words == pytest.approx(longest_words)
+    assert {"subset_mean_input_length", "subset_mean_output_length"} <= set(result.runs.columns)
     assert (result.folder / "summary.md").exists() and (result.folder / "runs.csv").exists()
 
     def boom(*args, **kwargs):
@@ -189,3 +191,160 @@ def test_cli_compare_and_size_auto(study_dir, tmp_path, tiny_causal_lm):
         main, ["select", str(pool), "--size", "auto", "-o", str(tmp_path / "x.jsonl")]
     )
     assert result.exit_code == 2 and "--size auto needs --rule and --study" in result.output
+
+
+# --- strategies by indicator, rule-in-range, subset means (finetuning replaced by a stub) ---
+
+RANGED_RULE = Rule(
+    name="longer-is-better-ranged",
+    intercept=0.3,
+    coefficients={"output_length": -0.02},
+    indicators={"output_length": {"name": "output_length"}},
+    ranges={"output_length": {"min": 9.0, "mean": 10.0, "max": 11.0, "n": 12}},
+)
+
+
+class StubTraining:
+    """Stands in for train_and_evaluate: keeps every subset; the loss falls with output length."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.subsets: list[list] = []
+        self.stop_after = stop_after
+
+    def __call__(self, base, records, eval_records, settings, **kwargs):
+        if self.stop_after is not None and len(self.subsets) == self.stop_after:
+            raise KeyboardInterrupt  # like a kill: not recorded as a failed run
+        self.subsets.append(list(records))
+        words = np.mean([len(r.output.split()) for r in records])
+        return {"eval_loss": 3.0 - 0.1 * words + 0.01 * settings.train.seed}
+
+
+def by_length(records, *, highest):
+    """Expected order: output words (highest or lowest first), ties by record id."""
+    sign = -1 if highest else 1
+    return sorted(records, key=lambda r: (sign * len(r.output.split()), r.id))
+
+
+def test_parse_strategies_names_the_choices():
+    from instructmining.errors import ParameterError
+    from instructmining.experiments.compare import parse_strategies
+
+    inds = ["input_length", "output_length"]
+    assert parse_strategies(["rule", " top:output_length", "rule", ""], inds) == [
+        "rule",
+        "top:output_length",
+    ]
+    with pytest.raises(ParameterError, match=r"unknown strategy 'best'; choose from rule, "):
+        parse_strategies(["best"], inds)
+    with pytest.raises(
+        ParameterError, match="'ifd' is not an indicator of the study; choose from "
+    ):
+        parse_strategies(["top:ifd"], inds)
+    with pytest.raises(ParameterError, match="unknown strategy 'middle:output_length'"):
+        parse_strategies(["middle:output_length"], inds)
+
+
+@pytest.mark.filterwarnings("ignore::instructmining.selection.FittedRangeWarning")
+def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, tiny_causal_lm):
+    import json
+
+    from instructmining.indicators.length import InputLength, OutputLength
+
+    settings = runner.settings_for(str(tiny_causal_lm), **SMALL)
+    pool = pool_records()
+    strategies = ["rule", "rule-in-range", "top:output_length", "bottom:output_length", "random"]
+    stub = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", stub)
+    with pytest.warns(FittedRangeWarning, match="subset mean output_length"):  # plain rule
+        result = compare_strategies(
+            study_dir, pool, RANGED_RULE, size=8, seeds=2, settings=settings, strategies=strategies
+        )
+    runs = result.runs
+    assert runs["strategy"].tolist() == [s for s in strategies for _ in range(2)]
+    # the stub saw the subsets strategy by strategy, seed by seed
+    subset = {
+        (s, seed): stub.subsets[2 * i + seed] for i, s in enumerate(strategies) for seed in (0, 1)
+    }
+    top = subset[("top:output_length", 0)]
+    assert [r.id for r in top] == [r.id for r in by_length(pool, highest=True)[:8]]
+    assert [r.id for r in subset[("bottom:output_length", 0)]] == [
+        r.id for r in by_length(pool, highest=False)[:8]
+    ]
+    # deterministic strategies do not depend on the seed; random does
+    for s in strategies[:-1]:
+        assert [r.id for r in subset[(s, 0)]] == [r.id for r in subset[(s, 1)]]
+    assert {r.id for r in subset[("random", 0)]} != {r.id for r in subset[("random", 1)]}
+
+    # subset_mean_<indicator> of every study indicator, correct for one run
+    row = runs.query("strategy == 'top:output_length' and seed == 0").iloc[0]
+    assert row["subset_mean_output_length"] == pytest.approx(
+        np.mean([len(r.output.split()) for r in top])
+    )
+    assert row["subset_mean_input_length"] == pytest.approx(
+        np.mean([len(r.instruction.split()) + len(r.input.split()) for r in top])
+    )
+    # the plain rule's top 8 leaves the fitted range; rule-in-range stays inside it
+    means = runs.groupby("strategy")["subset_mean_output_length"].first()
+    assert means["rule"] > 11.0
+    assert 9.0 <= means["rule-in-range"] <= 11.0
+
+    # tables: subset means per strategy, paired differences against random
+    vs = {r["difference"]: r for r in result.versus()}
+    assert set(vs) == {f"{s} - random" for s in strategies if s != "random"}
+    assert vs["top:output_length - random"]["pairs"] == 2
+    summary = (result.folder / "summary.md").read_text()
+    assert "| strategy | input_length | output_length |" in summary
+    assert "| top:output_length - random |" in summary and "beats random" in summary
+    assert "| *rule's fitted range* |" in summary and "[9, 11]" in summary
+    doc = json.loads((result.folder / "summary.json").read_text())
+    assert [r["strategy"] for r in doc["subset_means"]] == strategies
+    assert doc["paired_vs_random"][0]["difference"] == "rule - random"
+
+    # a killed comparison resumes: finished runs are skipped, no score is computed again
+    monkeypatch.setattr(
+        "instructmining.experiments.compare.train_and_evaluate",
+        StubTraining(stop_after=3),
+    )
+    more = [*strategies, "top:input_length"]
+    with pytest.raises(KeyboardInterrupt):
+        compare_strategies(
+            study_dir, pool, RANGED_RULE, size=8, seeds=2, settings=settings, strategies=more
+        )
+
+    def no_scoring(self, records):
+        raise AssertionError("a cached score was computed again")
+
+    monkeypatch.setattr(InputLength, "score", no_scoring)
+    monkeypatch.setattr(OutputLength, "score", no_scoring)
+    resumed = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", resumed)
+    again = compare_strategies(
+        study_dir, pool, RANGED_RULE, size=8, seeds=2, settings=settings, strategies=more
+    )
+    assert len(resumed.subsets) == 2 * len(more) - 3
+    assert len(again.runs) == 2 * len(more)
+
+
+def test_cli_compare_rejects_unknown_strategies(study_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from instructmining.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(10, offset=200)))
+    rule = tmp_path / "rule.json"
+    RULE.save(rule)
+    base = ["study", "compare", str(study_dir), "--pool", str(pool), "--rule", str(rule)]
+    for spec, expected in (
+        ("rule,best", "unknown strategy 'best'; choose from rule, rule-in-range, random"),
+        ("top:ifd", "'ifd' is not an indicator of the study; choose from input_length"),
+    ):
+        result = CliRunner().invoke(main, [*base, "--size", "4", "--strategies", spec])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().count("\n") == 0 and expected in result.output
+    # rule-in-range needs a rule with a fitted range
+    result = CliRunner().invoke(main, [*base, "--size", "4", "--strategies", "rule-in-range"])
+    assert result.exit_code == 2 and "fitted range" in result.output
+    assert result.output.strip().count("\n") == 0
