@@ -11,7 +11,7 @@ from instructmining.cli.options import model_options, quiet_option
 
 LLM_HELP = (
     "Backend: openai:MODEL (/completions), openai-chat:MODEL (/chat/completions), "
-    "hf:PATH_OR_ID (local Hugging Face causal LM). HTTP base URL from --base-url or "
+    "hf:NAME_OR_PATH_OR_ID (a catalogue name such as smollm2-135m-instruct, a local folder or a hub id). HTTP base URL from --base-url or "
     "OPENAI_BASE_URL (default https://api.openai.com/v1); key from the variable --api-key-env names."
 )
 
@@ -91,6 +91,16 @@ _SHARED = [
     ),
     click.option(
         "--llm-dtype", default="auto", show_default=True, help="hf: auto, fp32, fp16, bf16."
+    ),
+    click.option(
+        "--llm-template",
+        type=click.Choice(["plain", "auto", "chat"]),
+        default="plain",
+        show_default=True,
+        help="hf: how prompts reach the model. The Self-Instruct prompts are few-shot "
+        "completion text, which a chat model continues best as plain text (measured on "
+        "SmolLM2-135M-Instruct: 5 of 5 tasks kept plain, 0 of 5 through its chat template); "
+        "auto/chat wrap each prompt in the tokenizer's chat template.",
     ),
     click.option(
         "--llm-batch-size",
@@ -194,6 +204,7 @@ class _Run:
             device=opts["llm_device"],
             dtype=opts["llm_dtype"],
             batch_size=opts["llm_batch_size"],
+            template=opts["llm_template"],
         )
 
     def usage_line(self) -> str:

@@ -103,6 +103,19 @@ def test_generate_reports_an_unreachable_server_in_one_line(tmp_path: Path, seed
     assert "gave up after 1 attempts" in res.output
 
 
+def test_generate_misspelt_hf_model_fails_in_one_line(
+    tmp_path: Path, seeds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["generate", "--seeds", str(seeds), "--llm", "hf:smollm2-135m-instuct"]
+    res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 1, res.output
+    assert res.output.strip().splitlines() == [
+        "Error: --llm hf:smollm2-135m-instuct: no catalogue model, local folder or loadable "
+        "hub id has this name; did you mean --llm hf:smollm2-135m-instruct?"
+    ]
+
+
 def test_generate_missing_seeds_file(tmp_path: Path) -> None:
     res = CliRunner().invoke(
         main, ["generate", "--seeds", str(tmp_path / "none.jsonl"), "--llm", "openai:m", "-o", "x"]

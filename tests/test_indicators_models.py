@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from instructmining.errors import InstructMiningError
-from instructmining.indicators.models import ModelUnavailableError, clear_model_cache
 from instructmining.indicators.registry import create, indicator_class
+from instructmining.models.loading import ModelUnavailableError, clear_model_cache
 from instructmining.records import Record, make_record
 
 torch = pytest.importorskip("torch")

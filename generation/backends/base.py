@@ -105,7 +105,7 @@ class LLMBackend(ABC):
 
 LLM_SPEC_HELP = (
     "openai:MODEL (a /completions endpoint), openai-chat:MODEL (/chat/completions) or "
-    "hf:PATH_OR_ID (a local Hugging Face causal LM)"
+    "hf:NAME_PATH_OR_ID (a local Hugging Face causal LM: a catalogue name, a folder or a hub id)"
 )
 _KINDS = ("openai", "openai-chat", "hf")
 
@@ -130,8 +130,13 @@ def create_backend(
     device: str = "auto",
     dtype: str = "auto",
     batch_size: int = 8,
+    template: str = "auto",
 ) -> LLMBackend:
-    """Build the backend an `--llm` spec names (the HTTP options apply to openai*, the rest to hf)."""
+    """Build the backend an `--llm` spec names (the HTTP options apply to openai*, the rest to hf).
+
+    `template` (hf only): "auto" sends each prompt through the tokenizer's chat template
+    when it has one, "chat" insists on it, "plain" sends the bare text.
+    """
     kind, model = parse_llm_spec(spec)
     if kind in ("openai", "openai-chat"):
         import os
@@ -151,4 +156,6 @@ def create_backend(
         )
     from instructmining.generation.backends.hf_local import HFBackend
 
-    return HFBackend(model=model, device=device, dtype=dtype, batch_size=batch_size)
+    return HFBackend(
+        model=model, device=device, dtype=dtype, batch_size=batch_size, template=template
+    )
