@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["cli", "models", "indicators", "regression", "selection", "experiments", "generation"]
+SUBPACKAGES = [
+    "cli",
+    "models",
+    "indicators",
+    "regression",
+    "selection",
+    "experiments",
+    "generation",
+]
 
 
 def code_folders():
