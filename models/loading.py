@@ -74,6 +74,7 @@ def check_model_source(spec: str, *, indicator: str, option: str | None = None) 
         named = resolve(spec, progress=True)
     except CatalogueError as exc:
         raise ModelUnavailableError(f"{indicator}: {exc}") from exc
+    key_name = spec
     if named is not None:
         if Path(named).exists():
             return named
@@ -87,7 +88,7 @@ def check_model_source(spec: str, *, indicator: str, option: str | None = None) 
     fix = (
         f"pass a local copy with {flag}, or download it "
         "where there is network and set HF_HUB_OFFLINE=1 to use the cache"
-    )
+    ) + _catalogue_hint(spec if named is None else key_name)
     if _looks_like_path(spec):
         raise ModelUnavailableError(f"{indicator}: checkpoint path {spec!r} does not exist; {fix}")
     if hub_cached(spec):
@@ -103,6 +104,21 @@ def check_model_source(spec: str, *, indicator: str, option: str | None = None) 
             f"cannot be reached; {fix}"
         )
     return spec
+
+
+def _catalogue_hint(name: str) -> str:
+    """ "; did you mean X" for a near-miss of a catalogue name, and the packaged models
+    of the same role for a hub-only catalogue entry ("" when neither applies)."""
+    import difflib
+
+    from instructmining.models.catalogue import CATALOGUE, entry
+
+    e = entry(name)
+    if e is not None and e.packaged is None:
+        local = [o.name for o in CATALOGUE.values() if o.role == e.role and o.packaged]
+        return f" (models of this kind that need no hub: {', '.join(local)})" if local else ""
+    close = difflib.get_close_matches(name.lower(), list(CATALOGUE), n=1, cutoff=0.8)
+    return f"; did you mean {close[0]}?" if close and e is None else ""
 
 
 def resolve_device(device: str = "auto") -> str:

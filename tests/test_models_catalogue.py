@@ -154,3 +154,11 @@ def test_local_profile_names_its_models():
     for name, model in LOCAL_MODELS.items():
         assert got[name] == model
     assert "reward" in plan.left_out
+
+
+def test_errors_point_to_the_nearest_or_the_packaged_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match=r"did you mean all-minilm-l6-v2\?$"):
+        check_model_source("all-minilm-l6-v3", indicator="knn6")
+    with pytest.raises(ModelUnavailableError, match=r"need no hub: smollm2-135m-instruct\)$"):
+        check_model_source("smollm2-135m", indicator="study base model", option="--base-model")
