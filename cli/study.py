@@ -311,6 +311,10 @@ def run_command(
         gpus_per_task=gpus_per_task,
         progress=progress_enabled(quiet),
         on_result=report,
+        # without a terminal there are no bars: one timestamped line per phase instead
+        log_phases=None
+        if quiet or progress_enabled(quiet)
+        else lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
     )
     click.echo(
         f"{len(summary.done)} done, {len(summary.failed)} failed, {summary.skipped} already "

@@ -142,8 +142,12 @@ def train_and_evaluate(
     *,
     save_to: str | None = None,
     progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Finetune `base` on `records`, then the eval loss on D_eval; the timing/loss fields."""
+    """Finetune `base` on `records`, then the eval loss on D_eval; the timing/loss fields.
+
+    `log` receives one line as each phase starts (for runs nobody watches on a terminal).
+    """
     from instructmining.experiments.evaluate import eval_loss
     from instructmining.experiments.finetune import finetune, load_tokenizer, set_threads
     from instructmining.models.loading import resolve_device
@@ -151,6 +155,8 @@ def train_and_evaluate(
     set_threads(settings.cpu_threads())
     device = resolve_device(settings.device)
     tok = load_tokenizer(base)
+    if log:
+        log(f"training on {len(records)} records")
     model, tok, stats = finetune(
         base,
         records,
@@ -160,6 +166,11 @@ def train_and_evaluate(
         save_to=save_to,
         progress=progress,
     )
+    if log:
+        log(
+            f"trained in {stats.seconds:.0f} s ({stats.tokens_per_s:.0f} tok/s); "
+            f"evaluating on {len(eval_records)} records"
+        )
     ev = eval_loss(
         model,
         tok,
@@ -315,6 +326,7 @@ def run_study(
     gpus_per_task: float = 0,
     progress: bool = False,
     on_result: Callable[[str, str, dict[str, Any] | str], None] | None = None,
+    log_phases: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Run every unfinished candidate of the study at `path` (see the module docstring)."""
     from instructmining.experiments.store import ResultsStore
@@ -374,7 +386,13 @@ def run_study(
         for cand in todo:
             cid = cand["candidate_id"]
             t0 = time.perf_counter()
+
+            def log(line: str, cid: str = cid) -> None:
+                if log_phases is not None:
+                    log_phases(f"{cid}: {line}")
+
             try:
+                log("scoring indicators")
                 row = {**base_row(study, cand, settings), **score_candidate(study, cid, indicators)}
                 save_to = str(study.path / "runs" / cid) if settings.keep_weights else None
                 row |= train_and_evaluate(
@@ -384,6 +402,7 @@ def run_study(
                     settings,
                     save_to=save_to,
                     progress=progress,
+                    log=log,
                 )
                 row["wall_s"] = time.perf_counter() - t0
                 finish(cid, row, None, row["wall_s"])

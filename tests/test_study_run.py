@@ -317,6 +317,17 @@ def test_study_run_and_status_commands(study_dir: Path) -> None:
     assert "eval_loss" in status.output
     missing = cli.invoke(main, ["study", "status", str(study_dir.parent)])
     assert missing.exit_code == 1 and "not a study folder" in missing.output
+    assert "scoring indicators" not in result.output  # -q: no phase lines
+
+
+def test_study_run_logs_phases_without_a_terminal(study_dir: Path) -> None:
+    args = ["study", "run", str(study_dir), "--base-model", "tiny", "--max-length", "64"]
+    result = CliRunner().invoke(main, [*args, "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ": " in ln and ln[:2].isdigit()]
+    phases = [ln.split(": ", 1)[1].split(" ")[0] for ln in lines]
+    assert phases[:3] == ["scoring", "training", "trained"], lines
+    assert "evaluating on" in lines[2]
 
 
 @pytest.mark.slow
