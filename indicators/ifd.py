@@ -63,19 +63,11 @@ class IFD(Indicator):
 
     def scorer(self) -> Any:
         """The shared causal-LM token scorer (the same one `perplexity` uses)."""
-        from instructmining.models.causal import shared_scorer
+        from instructmining.models.causal import scorer_for
 
         if not self.model:
             raise ValueError("ifd needs a causal LM: set its model (e.g. smollm2-135m-instruct)")
-        return shared_scorer(
-            str(self.model),
-            indicator=self.name,
-            device=self.device,
-            dtype=self.dtype,
-            template=self.template,
-            max_length=self.max_length,
-            token_budget=self.token_budget,
-        )
+        return scorer_for(self)
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
         scorer = self.scorer()

@@ -153,17 +153,9 @@ class Perplexity(Indicator):
 
     def scorer(self) -> Any:
         """The shared causal-LM token scorer for this indicator's checkpoint and settings."""
-        from instructmining.models.causal import shared_scorer
+        from instructmining.models.causal import scorer_for
 
-        return shared_scorer(
-            str(self.model),
-            indicator=self.name,
-            device=self.device,
-            dtype=self.dtype,
-            template=self.template,
-            max_length=self.max_length,
-            token_budget=self.token_budget,
-        )
+        return scorer_for(self)
 
     def _score_causal_lm(self, records: Sequence[Record]) -> np.ndarray:
         scored = self.scorer().score(records, conditional=True, progress=self.progress_)

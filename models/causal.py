@@ -296,3 +296,16 @@ def shared_scorer(model: str, *, indicator: str, **settings: Any) -> CausalScore
 def clear_shared_scorers() -> None:
     """Forget every shared scorer and its memo (tests; freeing memory)."""
     _SHARED.clear()
+
+
+def scorer_for(indicator: Any) -> CausalScorer:
+    """The shared scorer for an indicator with model/device/dtype/template/length settings."""
+    return shared_scorer(
+        str(indicator.model),
+        indicator=indicator.name,
+        device=indicator.device,
+        dtype=indicator.dtype,
+        template=indicator.template,
+        max_length=indicator.max_length,
+        token_budget=indicator.token_budget,
+    )
