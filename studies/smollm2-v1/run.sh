@@ -19,8 +19,8 @@ if [ ! -f study.json ]; then
 fi
 BASE=smollm2-135m-instruct
 # noise first: the first three candidates under seeds 0, 1 and 2
-$IM study run . --base-model $BASE --limit 3
 NOISE=$(python3 -c "import json; print(','.join(c['candidate_id'] for c in json.load(open('study.json'))['candidates'][:3]))")
+$IM study run . --base-model $BASE --only "$NOISE"
 $IM study run . --base-model $BASE --seed 1 --only "$NOISE"
 $IM study run . --base-model $BASE --seed 2 --only "$NOISE"
 # then every candidate
