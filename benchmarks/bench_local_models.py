@@ -130,8 +130,10 @@ def main() -> None:
 
     texts = [example_text(r) for r in records]
     knn = KNN(model=EMBEDDER, device="cpu", dtype=args.dtype)
-    st = knn._sentence_model()
-    emb_ours, ew, ec = _timed(lambda: knn._st_embed(st, texts, count_truncation=False))
+    embedder = knn._embedder()
+    emb_ours, ew, ec = _timed(
+        lambda: np.asarray(embedder.embed(texts, batch_size=knn.batch_size), dtype=np.float64)
+    )
     plain_st = SentenceTransformer(check_model_source(EMBEDDER, indicator="bench"), device="cpu")
     emb_plain, pw, pc = _timed(
         lambda: plain_st.encode(texts, normalize_embeddings=True, show_progress_bar=False)

@@ -54,6 +54,9 @@ class Indicator(abc.ABC):
     runtime_settings: ClassVar[tuple[str, ...]] = ()
     #: the backends this class can use, for listings; empty means "ask an instance".
     backends: ClassVar[tuple[str, ...]] = ()
+    #: the model role (`instructmining.models.roles`) its `model` setting names, if any;
+    #: profiles check that model through `models.backends` before any scoring.
+    model_role: ClassVar[str | None] = None
     #: set by the engine while scoring: call with a record count as records finish
     progress_: Callable[[int], None] | None = None
 
@@ -105,12 +108,17 @@ class Indicator(abc.ABC):
         """Content hashes of files this configuration reads besides the records (cache keys).
 
         The default covers a `model` or `reference` setting that is a local path, so
-        that a checkpoint or reference file replaced in place is not served stale scores.
+        that a checkpoint or reference file replaced in place is not served stale scores
+        (a model's scheme prefix, `hf:` or `gguf:`, is looked through).
         """
+        from instructmining.models.backends import split_scheme
+
         out: dict[str, str] = {}
         for attr in ("model", "reference"):
             value = getattr(self, attr, None)
             if isinstance(value, str) and value:
+                if attr == "model":
+                    value = split_scheme(value)
                 digest = path_fingerprint(value)
                 if digest is None and attr == "model":
                     digest = _catalogue_fingerprint(value)

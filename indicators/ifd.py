@@ -20,6 +20,8 @@ import numpy as np
 
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.registry import register
+from instructmining.models.backends import NGRAM, ModelSpecError, parse
+from instructmining.models.roles import TOKEN_SCORER
 from instructmining.records import Record
 
 
@@ -38,6 +40,7 @@ class IFD(Indicator):
     direction = "higher = the instruction helps less to predict the response"
     needs_model = True
     backends = ("causal-lm",)
+    model_role = TOKEN_SCORER
     runtime_settings = ("device", "token_budget")
 
     def __init__(
@@ -56,10 +59,23 @@ class IFD(Indicator):
         self.dtype = dtype
         self.template = template
         self.token_budget = token_budget
+        self._scheme()  # a wrong scheme fails here
+
+    def _scheme(self) -> str:
+        if not self.model:
+            return "hf"  # no model yet: `score` says to set one
+        scheme = parse(self.model, TOKEN_SCORER, indicator=self.name).scheme
+        if scheme == NGRAM:
+            raise ModelSpecError(
+                f"ifd: model {NGRAM!r} is not a causal LM; ifd takes hf:NAME_OR_PATH, "
+                "gguf:PATH or a bare NAME_OR_PATH"
+            )
+        return scheme
 
     @property
     def backend(self) -> str:
-        return "causal-lm"
+        scheme = self._scheme()
+        return "causal-lm" if scheme in ("hf", "gguf") else scheme
 
     def scorer(self) -> Any:
         """The shared causal-LM token scorer (the same one `perplexity` uses)."""
@@ -70,6 +86,9 @@ class IFD(Indicator):
         return scorer_for(self)
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
+        if self.model and not records:  # nothing to load
+            self.truncated_, self.truncated_mask_ = 0, np.zeros(0, dtype=bool)
+            return np.empty(0)
         scorer = self.scorer()
         given = scorer.score(records, conditional=True)
         alone = scorer.score(records, conditional=False, progress=self.progress_)

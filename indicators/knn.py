@@ -1,4 +1,9 @@
-"""KNN-k: distance from each example to its k-th nearest neighbour in an embedding space."""
+"""KNN-k: distance from each example to its k-th nearest neighbour in an embedding space.
+
+The space is TF-IDF + truncated SVD fitted here (`tfidf-svd`), or an `Embedder`
+from `instructmining.models` (`st:NAME_OR_PATH`, a bare name, or a plugin's
+scheme); this module measures distances in it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ import numpy as np
 
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.registry import register
+from instructmining.models.backends import TFIDF_SVD, load, parse
+from instructmining.models.roles import EMBEDDER
 from instructmining.records import Record, content_id
 
-TFIDF_SVD = "tfidf-svd"
 _BLOCK = 1024  # query rows per distance block: bounds memory at 1024 x n doubles
 
 
@@ -75,6 +81,7 @@ class KNN(Indicator):
     dataset_level = True
     needs_model = True
     backends = (TFIDF_SVD, "sentence-transformers")
+    model_role = EMBEDDER
     runtime_settings = ("device", "batch_size")
 
     def __init__(
@@ -98,10 +105,15 @@ class KNN(Indicator):
         self.max_length = max_length
         self.dtype = dtype
         self._reference_cache: tuple[Any, np.ndarray, list[str]] | None = None
+        self._scheme()  # a wrong scheme fails here
+
+    def _scheme(self) -> str:
+        return parse(self.model or TFIDF_SVD, EMBEDDER, indicator=self.name).scheme
 
     @property
     def backend(self) -> str:
-        return TFIDF_SVD if self.model in (None, "", TFIDF_SVD) else "sentence-transformers"
+        scheme = self._scheme()
+        return "sentence-transformers" if scheme == "st" else scheme
 
     def set_dependent(self) -> bool:
         return self.reference is None
@@ -181,73 +193,28 @@ class KNN(Indicator):
 
     def _fit_space(self, texts: list[str]) -> Any:
         if self.backend != TFIDF_SVD:
-            return self._sentence_model()
+            return self._embedder()
         return _fit_tfidf_svd(texts, self.dims)
 
     def _embed(self, space: Any, texts: list[str], *, count_truncation: bool = True) -> np.ndarray:
         if self.backend == TFIDF_SVD:
             return _tfidf_svd_embed(space, texts)
-        return self._st_embed(space, texts, count_truncation=count_truncation)
-
-    def _sentence_model(self) -> Any:
-        from instructmining.models.loading import (
-            cached_model,
-            load_target,
-        )
-
-        spec, device, torch_dtype = load_target(
-            str(self.model), indicator=self.name, device=self.device, dtype=self.dtype
-        )
-
-        def load() -> Any:
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError as exc:  # pragma: no cover - part of the models extra
-                raise ImportError(
-                    "knn6 with a model needs sentence-transformers: "
-                    "pip install 'instructmining[models]'"
-                ) from exc
-            from instructmining.models.hf import quiet_transformers
-
-            with quiet_transformers():
-                st = SentenceTransformer(spec, device=device, trust_remote_code=False)
-            st.eval()
-            return st.to(torch_dtype)
-
-        return cached_model("sentence-transformers", spec, device, str(torch_dtype), load)
-
-    def _st_embed(self, st: Any, texts: list[str], *, count_truncation: bool) -> np.ndarray:
-        import torch
-
-        if self.max_length is not None:
-            st.max_seq_length = self.max_length
-        limit = st.max_seq_length
-        if count_truncation and limit is not None:
-            from instructmining.models.hf import quiet_transformers
-
-            with quiet_transformers():  # counting long texts is not an error
-                ids = st.tokenizer(texts, add_special_tokens=True).input_ids
-            lengths = [len(x) for x in ids]
-            self.truncated_mask_ = np.array([n > limit for n in lengths], dtype=bool)
+        if count_truncation:
+            self.truncated_mask_ = space.truncated(texts, max_length=self.max_length)
             self.truncated_ = int(self.truncated_mask_.sum())
-        # sorted by length so that each encode() call pads little; progress per slice
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), st.get_embedding_dimension() or 0), dtype=np.float64)
-        step = 1024
-        with torch.inference_mode():
-            for start in range(0, len(order), step):
-                part = order[start : start + step]
-                emb = st.encode(
-                    [texts[i] for i in part],
-                    batch_size=self.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-                out[part] = np.asarray(emb, dtype=np.float64)
-                if self.progress_ is not None and count_truncation:
-                    self.progress_(len(part))
-        return out
+        emb = space.embed(
+            texts,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=self.progress_ if count_truncation else None,
+        )
+        return np.asarray(emb, dtype=np.float64)
+
+    def _embedder(self) -> Any:
+        """The shared `Embedder` of this configuration's model."""
+        return load(
+            EMBEDDER, str(self.model), indicator=self.name, device=self.device, dtype=self.dtype
+        )
 
 
 def _fit_tfidf_svd(texts: list[str], dims: int) -> Any:

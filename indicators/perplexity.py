@@ -11,7 +11,8 @@ Backends
   the other folds (dataset-level). With `reference` (a data file) the model is
   fitted once on that file's outputs and each record scores on its own.
   The prompt is not used by this backend.
-- causal LM (`model` = catalogue name, checkpoint id or path): the output's
+- causal LM (`model` = catalogue name, checkpoint id or path, `hf:...`,
+  `gguf:PATH`, or a plugin's token-scorer scheme): the output's
   tokens scored after the prompt, laid out by `template` ("chat": the
   tokenizer's chat template; "plain": `"{instruction}\\n\\n{input}\\n\\n"`;
   "auto": chat when the tokenizer has one); value = exp(mean negative
@@ -33,9 +34,10 @@ import numpy as np
 
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.registry import register
+from instructmining.models.backends import NGRAM, parse
+from instructmining.models.roles import TOKEN_SCORER
 from instructmining.records import Record, content_id
 
-NGRAM = "ngram"
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _BOS, _EOS = 0, 1  # reserved n-gram token ids
 
@@ -68,6 +70,7 @@ class Perplexity(Indicator):
     needs_model = True
     dataset_level = True  # for the default (cross-fitted n-gram) backend; see set_dependent
     backends = (NGRAM, "causal-lm")
+    model_role = TOKEN_SCORER
     runtime_settings = ("device", "batch_size", "token_budget")
 
     def __init__(
@@ -95,10 +98,15 @@ class Perplexity(Indicator):
         self.template = template
         self.token_budget = token_budget
         self._reference_tokens: list[list[str]] | None = None
+        self._scheme()  # a wrong scheme fails here
+
+    def _scheme(self) -> str:
+        return parse(self.model or NGRAM, TOKEN_SCORER, indicator=self.name).scheme
 
     @property
     def backend(self) -> str:
-        return NGRAM if self.model in (None, "", NGRAM) else "causal-lm"
+        scheme = self._scheme()
+        return "causal-lm" if scheme in ("hf", "gguf") else scheme
 
     def set_dependent(self) -> bool:
         return self.backend == NGRAM and self.reference is None
@@ -158,6 +166,8 @@ class Perplexity(Indicator):
         return scorer_for(self)
 
     def _score_causal_lm(self, records: Sequence[Record]) -> np.ndarray:
+        if not records:
+            return np.empty(0)
         scored = self.scorer().score(records, conditional=True, progress=self.progress_)
         self.truncated_mask_ = scored.truncated
         self.truncated_ = int(scored.truncated.sum())

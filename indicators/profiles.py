@@ -206,6 +206,11 @@ def _check_model(ind: Indicator) -> None:
     spec = getattr(ind, "model", None)
     if not isinstance(spec, str) or not spec or ind.backend in ("ngram", "tfidf-svd"):
         return
+    if ind.model_role is not None:  # through its scheme (hf:, st:, gguf:, a plugin's)
+        from instructmining.models.backends import check
+
+        check(ind.model_role, spec, indicator=ind.name, option=_option_key(ind.name))
+        return
     from instructmining.models.loading import check_model_source
 
     check_model_source(spec, indicator=ind.name, option=_option_key(ind.name))

@@ -7,10 +7,8 @@ trained on inputs laid out as `question: <question> </s> response: <response>`,
 followed for coherence by ` </s> dialogue history: <history>`; the question
 strings below are the ones it was trained with and must not be reworded.
 
-The value is P(Yes) / (P(Yes) + P(No)) over the first decoder step (the decoder
-fed only its start token), where "Yes" and "No" are the first tokens the
-tokenizer gives for those words; computed as sigmoid(logit_Yes - logit_No),
-which equals the ratio of the two softmax probabilities. As in UniEval's own
+The value is P(Yes) / (P(Yes) + P(No)) over the first decoder step, computed by
+the yes/no scorer of `instructmining.models.seq2seq`. As in UniEval's own
 dialogue evaluator, the whole response is scored at once (turn level).
 
 Here the dialogue history is the instruction, then the input when there is
@@ -27,13 +25,15 @@ fp16; use bf16 (the GPU default) or fp32. Non-finite outputs raise an error.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from instructmining.errors import InstructMiningError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.registry import register
+from instructmining.models.backends import load, parse
+from instructmining.models.roles import YES_NO_SCORER
 from instructmining.records import Record
 
 DEFAULT_MODEL = "MingZhong/unieval-dialog"
@@ -66,39 +66,6 @@ def unieval_input(dimension: str, record: Record) -> str:
     return text
 
 
-def load_unieval(
-    spec: str, device: str, dtype: str, *, indicator: str
-) -> tuple[Any, Any, int, int]:
-    """(tokenizer, T5 model, Yes id, No id) for a UniEval checkpoint, loaded once per process."""
-    from instructmining.models.hf import dtype_kwarg, quiet_transformers
-    from instructmining.models.loading import (
-        cached_model,
-        load_target,
-    )
-
-    spec, device, torch_dtype = load_target(
-        spec, indicator=indicator, device=device, dtype=dtype, option="unieval"
-    )
-
-    def load() -> tuple[Any, Any, int, int]:
-        try:
-            from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-        except ImportError as exc:  # pragma: no cover - part of the models extra
-            raise ImportError(
-                f"the {indicator} indicator needs transformers: pip install 'instructmining[models]'"
-            ) from exc
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-        model = AutoModelForSeq2SeqLM.from_pretrained(spec, **{dtype_kwarg(): torch_dtype})
-        yes = tokenizer("Yes").input_ids[0]
-        no = tokenizer("No").input_ids[0]
-        if yes == no:
-            raise ValueError(f"{spec!r}: the tokenizer gives one token for 'Yes' and 'No'")
-        return tokenizer, model.to(device).eval(), yes, no
-
-    with quiet_transformers():
-        return cached_model("unieval", spec, device, str(torch_dtype), load)
-
-
 class UniEvalIndicator(Indicator):
     """Shared settings and scoring of the three UniEval dialogue dimensions (not registered)."""
 
@@ -106,6 +73,7 @@ class UniEvalIndicator(Indicator):
     reads: ClassVar[tuple[str, ...]] = ("output",)
     needs_model = True
     backends = ("unieval",)
+    model_role = YES_NO_SCORER
     runtime_settings = ("device", "batch_size")
 
     def __init__(
@@ -122,10 +90,12 @@ class UniEvalIndicator(Indicator):
         self.batch_size = batch_size
         self.max_length = max_length
         self.dtype = dtype
+        parse(str(model), YES_NO_SCORER, indicator=self.name)  # a wrong scheme fails here
 
     @property
     def backend(self) -> str:
-        return "unieval"
+        scheme = parse(str(self.model), YES_NO_SCORER, indicator=self.name).scheme
+        return "unieval" if scheme == "hf" else scheme
 
     def _check_settings(self) -> None:
         for key, low in (("batch_size", 1), ("max_length", 8)):
@@ -144,50 +114,25 @@ class UniEvalIndicator(Indicator):
         out = np.full(len(records), np.nan)
         if not records:
             return out
-        import torch
-
-        from instructmining.models.hf import quiet_transformers
-
-        tokenizer, model, yes, no = load_unieval(
-            str(self.model), self.device, self.dtype, indicator=self.name
+        scorer = load(
+            YES_NO_SCORER,
+            str(self.model),
+            indicator=self.name,
+            option="unieval",
+            device=self.device,
+            dtype=self.dtype,
         )
-        texts = [unieval_input(self.dimension, r) for r in records]
-        with quiet_transformers():
-            full = tokenizer(texts).input_ids
-        lengths = np.array([len(ids) for ids in full])
-        self.truncated_mask_ = lengths > self.max_length
+        got = scorer.score(
+            [unieval_input(self.dimension, r) for r in records],
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+        )
+        self.truncated_mask_ = np.asarray(got.truncated, dtype=bool)
         self.truncated_ = int(self.truncated_mask_.sum())
-        start_id = model.config.decoder_start_token_id
-        if start_id is None:
-            start_id = model.config.pad_token_id
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        order = np.argsort(lengths, kind="stable")
-        with torch.inference_mode():
-            for begin in range(0, len(order), self.batch_size):
-                idx = order[begin : begin + self.batch_size]
-                # the tokenizer's right-side truncation keeps its end token
-                with quiet_transformers():
-                    enc = tokenizer(
-                        [texts[i] for i in idx],
-                        max_length=self.max_length,
-                        truncation=True,
-                        padding=True,
-                        return_tensors="pt",
-                    )
-                if enc.input_ids.shape[1] == 0:  # pragma: no cover - a tokenizer adding nothing
-                    enc["input_ids"] = torch.full((len(idx), 1), pad_id)
-                    enc["attention_mask"] = torch.ones((len(idx), 1), dtype=torch.long)
-                decoder = torch.full((len(idx), 1), start_id, dtype=torch.long)
-                logits = model(
-                    input_ids=enc.input_ids.to(model.device),
-                    attention_mask=enc.attention_mask.to(model.device),
-                    decoder_input_ids=decoder.to(model.device),
-                ).logits[:, 0, :]
-                margin = logits[:, yes].float() - logits[:, no].float()
-                out[idx] = torch.sigmoid(margin).cpu().numpy()
+        out = np.asarray(got.values, dtype=np.float64)
         if not np.isfinite(out).all():  # T5 is known to overflow in fp16
             raise InstructMiningError(
-                f"{self.name}: {self.model!r} gave non-finite scores in {model.dtype}; "
+                f"{self.name}: {self.model!r} gave non-finite scores in {scorer.key.dtype}; "
                 "use --dtype bf16 or fp32"
             )
         return out

@@ -16,38 +16,41 @@ Prompt layouts (`template`):
 The response is tokenised on its own (no special tokens), so the scored tokens
 are the same with or without a prompt. Scored "alone" (`conditional=False`),
 the response follows only the BOS token (EOS when there is no BOS).
+
+Factories of the `hf:` and `gguf:` schemes (`models.backends`): `causal_lm`
+(the loaded model and tokenizer, shared with generation) and `token_scorer`
+(a `CausalScorer` per layout settings, sharing that model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from instructmining.models import backends
+from instructmining.models.roles import (
+    CAUSAL_LM,
+    TOKEN_SCORER,
+    CausalLM,
+    LoadKey,
+    Scored,
+    TokenScorer,
+)
 from instructmining.records import Record
 
 TEMPLATES = ("auto", "chat", "plain")
-
-
-@dataclass(frozen=True)
-class Scored:
-    """Per-record summed NLL, scored token counts and truncation flags."""
-
-    nll_sum: np.ndarray  # float64, NaN where nothing was scored
-    tokens: np.ndarray  # int64
-    truncated: np.ndarray  # bool
-
-    @property
-    def mean_nll(self) -> np.ndarray:
-        """Mean NLL per scored token (NaN for an empty response)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.tokens > 0, self.nll_sum / np.maximum(self.tokens, 1), np.nan)
+__all__ = ["TEMPLATES", "CausalScorer", "Scored", "causal_lm", "scorer_for", "token_scorer"]
 
 
 class CausalScorer:
-    """Scores responses under one causal LM checkpoint (see the module docstring)."""
+    """A `TokenScorer` under one causal LM checkpoint (see the module docstring).
+
+    Built by `scorer_for` (shared, through the model cache) or directly from a
+    model string (tests, benchmarks).
+    """
 
     def __init__(
         self,
@@ -71,36 +74,33 @@ class CausalScorer:
         self.template = template
         self.max_length = max_length
         self.token_budget = max(token_budget, max_length)
+        self.key: LoadKey | None = None  # set when built through the model cache
+        self._request: backends.LoadRequest | None = None
         self._memo: dict[tuple[bool, str, str], tuple[float, int, bool]] = {}
 
     # --- loading --------------------------------------------------------------------------
 
     def load(self) -> tuple[Any, Any, str]:
         """(tokenizer, model, device), loaded once per process and checkpoint."""
-        from instructmining.models.hf import dtype_kwarg, quiet_transformers
-        from instructmining.models.loading import cached_model, load_target
-
-        spec, device, torch_dtype = load_target(
-            self.model, indicator=self.indicator, device=self.device, dtype=self.dtype
-        )
-
-        def load() -> tuple[Any, Any]:
-            try:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-            except ImportError as exc:  # pragma: no cover - the models extra
-                raise ImportError(
-                    f"{self.indicator} with a model needs transformers: "
-                    "pip install 'instructmining[models]'"
-                ) from exc
-            with quiet_transformers():
-                tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
-                lm: Any = AutoModelForCausalLM.from_pretrained(
-                    spec, trust_remote_code=False, **{dtype_kwarg(): torch_dtype}
-                )
-            return tok, lm.to(device).eval()
-
-        tok, lm = cached_model("causal-lm", spec, device, str(torch_dtype), load)
-        return tok, lm, device
+        req = self._request
+        if req is None:
+            lm = backends.load(
+                CAUSAL_LM,
+                self.model,
+                indicator=self.indicator,
+                device=self.device,
+                dtype=self.dtype,
+            )
+        else:
+            lm = backends.load_source(
+                CAUSAL_LM,
+                req.ref,
+                req.source,
+                device=req.device,
+                dtype=req.key.dtype,
+                indicator=self.indicator,
+            )
+        return lm.tokenizer, lm.model, lm.device
 
     def layout(self, tokenizer: Any) -> str:
         """The prompt layout in use ("chat" or "plain")."""
@@ -282,25 +282,49 @@ _PLAIN_HEADS = frozenset(
 )
 
 
-_SHARED: dict[tuple[Any, ...], CausalScorer] = {}
+def causal_lm(request: backends.LoadRequest) -> CausalLM:
+    """Factory of the causal-LM role (`hf:` folder or hub id, `gguf:` file), never remote code."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - the models extra
+        raise ImportError(
+            f"{request.indicator} with a model needs transformers: "
+            "pip install 'instructmining[models]'"
+        ) from exc
+    from instructmining.models.hf import dtype_kwarg, quiet_transformers
+
+    folder, extra = request.source, {}
+    if request.ref.scheme == "gguf":  # de-quantised on loading, as the catalogue converts it
+        folder, extra = str(Path(request.source).parent), {"gguf_file": Path(request.source).name}
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **extra)
+        lm: Any = AutoModelForCausalLM.from_pretrained(
+            folder, trust_remote_code=False, **extra, **{dtype_kwarg(): request.torch_dtype}
+        )
+    return CausalLM(tok, lm.to(request.device).eval(), request.device, request.key)
 
 
-def shared_scorer(model: str, *, indicator: str, **settings: Any) -> CausalScorer:
-    """One scorer per (checkpoint, settings) in this process, so indicators share its memo."""
-    key = (model, *sorted(settings.items()))
-    if key not in _SHARED:
-        _SHARED[key] = CausalScorer(model, indicator=indicator, **settings)
-    return _SHARED[key]
+def token_scorer(request: backends.LoadRequest) -> CausalScorer:
+    """Factory of the token-scorer role: a `CausalScorer` bound to `request.options`."""
+    scorer = CausalScorer(
+        str(request.ref),
+        indicator=request.indicator,
+        device=request.device,
+        dtype=request.key.dtype,
+        **request.options,
+    )
+    scorer.key, scorer._request = request.key, request
+    return scorer
 
 
-def clear_shared_scorers() -> None:
-    """Forget every shared scorer and its memo (tests; freeing memory)."""
-    _SHARED.clear()
+def scorer_for(indicator: Any) -> TokenScorer:
+    """The shared scorer for an indicator with model/device/dtype/template/length settings.
 
-
-def scorer_for(indicator: Any) -> CausalScorer:
-    """The shared scorer for an indicator with model/device/dtype/template/length settings."""
-    return shared_scorer(
+    One per (checkpoint, dtype, device, layout settings) in this process, so
+    perplexity and ifd share its memo (the conditional pass).
+    """
+    scorer: TokenScorer = backends.load(
+        TOKEN_SCORER,
         str(indicator.model),
         indicator=indicator.name,
         device=indicator.device,
@@ -309,3 +333,4 @@ def scorer_for(indicator: Any) -> CausalScorer:
         max_length=indicator.max_length,
         token_budget=indicator.token_budget,
     )
+    return scorer

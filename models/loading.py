@@ -4,8 +4,10 @@ Checkpoints are named by a catalogue name (`models/catalogue.py`), a Hugging
 Face id or a local path. A path that does not
 exist, or a hub id that is neither cached nor reachable, fails at once with the
 checkpoint's name and the fix, instead of hanging for a minute inside
-transformers. Loaded models are cached per process by (kind, checkpoint,
-device, dtype) so that scoring batch after batch loads each model once.
+transformers. Loaded models and role objects are cached per process by their
+`roles.LoadKey` (role, scheme, resolved source, dtype, device, load options),
+so that two indicators reading the same model load it once. `resolve_device`
+and `resolve_dtype` are the one device/dtype policy.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from instructmining.errors import InstructMiningError
 
+if TYPE_CHECKING:
+    from instructmining.models.roles import LoadKey
+
 T = TypeVar("T")
-_CACHE: dict[tuple[str, str, str, str], Any] = {}
-_LOCK = threading.Lock()
+_CACHE: dict[LoadKey, Any] = {}
+# re-entrant: a loader may itself load (a scorer building on a shared model)
+_LOCK = threading.RLock()
 
 
 class ModelUnavailableError(InstructMiningError):
@@ -179,18 +185,14 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return table[dtype]
 
 
-def load_target(
-    spec: str, *, indicator: str, device: str, dtype: str, option: str | None = None
-) -> tuple[str, str, Any]:
-    """(checkpoint, device, torch dtype) for loading `spec`; fails fast like check_model_source."""
-    checked = check_model_source(spec, indicator=indicator, option=option)
-    where = resolve_device(device)
-    return checked, where, resolve_dtype(dtype, where)
+def dtype_name(torch_dtype: Any) -> str:
+    """The name settings use for a torch dtype: "fp32", "bf16" or "fp16"."""
+    names = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+    return names[str(torch_dtype)]
 
 
-def cached_model(kind: str, spec: str, device: str, dtype: str, loader: Callable[[], T]) -> T:
-    """Load once per process for (kind, spec, device, dtype); later calls reuse it."""
-    key = (kind, spec, device, dtype)
+def cached(key: LoadKey, loader: Callable[[], T]) -> T:
+    """Load once per process for `key`; later calls with an equal key reuse the object."""
     with _LOCK:
         if key not in _CACHE:
             _CACHE[key] = loader()
@@ -198,6 +200,6 @@ def cached_model(kind: str, spec: str, device: str, dtype: str, loader: Callable
 
 
 def clear_model_cache() -> None:
-    """Drop every loaded model (tests; freeing GPU memory between jobs)."""
+    """Drop every loaded model and role object (tests; freeing GPU memory between jobs)."""
     with _LOCK:
         _CACHE.clear()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from instructmining.errors import InstructMiningError
 from instructmining.indicators.registry import create, indicator_class
 from instructmining.models.loading import ModelUnavailableError, clear_model_cache
+from instructmining.models.reward import encode_pair
 from instructmining.records import Record, make_record
 
 torch = pytest.importorskip("torch")
@@ -212,7 +213,7 @@ def test_reward_encoder_pair_keeps_segment_ids(encoder_rm, records, long_records
     ind = create("reward", model=str(encoder_rm), device="cpu", batch_size=4, max_length=32)
     values = ind.score(long_records)
     assert ind.truncated_ == 3
-    features = [ind.encode(tok, "pair", r, 32)[0] for r in long_records]
+    features = [encode_pair(tok, "pair", r.prompt, r.output, 32)[0] for r in long_records]
     assert all(len(f["input_ids"]) <= 32 and "token_type_ids" in f for f in features)
     from transformers import AutoModelForSequenceClassification
 
@@ -270,7 +271,9 @@ def test_reward_truncation_keeps_the_response_and_the_end_of_the_prompt(
 
     prompter, assistant = tok.convert_tokens_to_ids(["<|prompter|>", "<|assistant|>"])
     eos = tok.eos_token_id
-    encoded = [ind.encode(tok, "oasst", r, limit)[0]["input_ids"] for r in long_records]
+    encoded = [
+        encode_pair(tok, "oasst", r.prompt, r.output, limit)[0]["input_ids"] for r in long_records
+    ]
     assert all(len(ids) <= limit for ids in encoded)
     budget = limit - 4  # <|prompter|> <|endoftext|> <|assistant|> ... <|endoftext|>
 
@@ -307,7 +310,7 @@ def test_reward_truncation_keeps_the_response_and_the_end_of_the_prompt(
 def test_keep_tokens_cut_on_token_boundaries(tiny_reward_model, fast):
     from transformers import AutoTokenizer
 
-    from instructmining.indicators.reward import keep_first_tokens, keep_last_tokens
+    from instructmining.models.reward import keep_first_tokens, keep_last_tokens
 
     tok = AutoTokenizer.from_pretrained(str(tiny_reward_model))
 
@@ -332,7 +335,7 @@ def test_keep_tokens_cut_on_token_boundaries(tiny_reward_model, fast):
 
 @given(prompt=st.integers(0, 500), response=st.integers(0, 500), budget=st.integers(1, 300))
 def test_split_budget_fits_and_favours_the_response(prompt, response, budget):
-    from instructmining.indicators.reward import split_budget
+    from instructmining.models.reward import split_budget
 
     keep_prompt, keep_response = split_budget(prompt, response, budget)
     assert 0 <= keep_prompt <= prompt and 0 <= keep_response <= response

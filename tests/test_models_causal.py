@@ -9,6 +9,7 @@ import pytest
 
 from instructmining.models import causal
 from instructmining.models.causal import CausalScorer
+from instructmining.models.loading import clear_model_cache
 from instructmining.records import Record
 
 RECORDS = [
@@ -89,7 +90,7 @@ def test_ifd_is_the_ratio_of_the_two_perplexities(tiny_causal_lm):
     from instructmining.indicators.ifd import IFD
     from instructmining.indicators.perplexity import Perplexity
 
-    causal.clear_shared_scorers()
+    clear_model_cache()
     kw = {"model": str(tiny_causal_lm), "device": "cpu", "dtype": "fp32", "template": "plain"}
     ppl = Perplexity(**kw).score(RECORDS)
     ifd = IFD(**kw).score(RECORDS)

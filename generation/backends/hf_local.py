@@ -122,13 +122,14 @@ class HFBackend(LLMBackend):
         source = self.resolve()  # before importing torch: a wrong name fails at once
         try:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            import transformers  # noqa: F401 - fail here with the install line
         except ImportError as exc:
             raise ImportError(
                 "the hf backend needs torch and transformers: pip install 'instructmining[models]'"
             ) from exc
-        from instructmining.models.hf import dtype_kwarg, quiet_transformers
-        from instructmining.models.loading import cached_model, resolve_device, resolve_dtype
+        from instructmining.models.backends import ModelRef, load_source
+        from instructmining.models.loading import dtype_name, resolve_device, resolve_dtype
+        from instructmining.models.roles import CAUSAL_LM
 
         try:
             device = resolve_device(self.device)
@@ -138,17 +139,18 @@ class HFBackend(LLMBackend):
             text = str(exc).replace("--device", "--llm-device")
             raise BackendError(f"--llm-{text}" if text.startswith("dtype") else text) from None
 
-        def load() -> tuple[Any, Any]:
-            with quiet_transformers():
-                tok = AutoTokenizer.from_pretrained(source)
-                lm: Any = AutoModelForCausalLM.from_pretrained(
-                    source, **{dtype_kwarg(): torch_dtype}
-                )
-            return tok, lm.to(device).eval()
-
         try:
-            # same key as the causal-LM indicators use, so `loop` loads the model once
-            tokenizer, model = cached_model("causal-lm", source, device, str(torch_dtype), load)
+            # the causal-LM indicators' loader and cache key, so `loop` loads the model once
+            lm = load_source(
+                CAUSAL_LM,
+                ModelRef("hf", source, explicit=True),
+                source,
+                device=device,
+                dtype=dtype_name(torch_dtype),
+                indicator=f"--llm hf:{self.model}",
+                option="--llm",
+            )
+            tokenizer, model = lm.tokenizer, lm.model
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             closest = self._closest_name()  # a hub lookup of a misspelt name lands here
