@@ -22,13 +22,13 @@ def _split(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
 
 def _default_features(columns: list[str], table: Path) -> list[str]:
     """Every registered indicator name that is a column of the table, in the table's order."""
-    from instructmining.errors import InstructMiningError
+    from instructmining.errors import DataError
     from instructmining.indicators.registry import registered
 
     names = set(registered())
     found = [c for c in columns if c in names]
     if not found:
-        raise InstructMiningError(
+        raise DataError(
             f"{table}: no column is named after a registered indicator "
             f"({', '.join(sorted(names))}); name the indicator columns with --features"
         )
@@ -158,18 +158,20 @@ def fit_command(
       instructmining fit results.csv -o rule.json --report fit-report
       instructmining fit results.csv -o rule.json --features reward,mtld --method best-subset
     """
-    from instructmining.errors import InstructMiningError
+    from instructmining.errors import InstructMiningError, OutputExistsError, ParameterError
     from instructmining.regression import fit_rule
     from instructmining.regression.table import read_table, table_metadata
-    from instructmining.writers import check_output
+    from instructmining.writers import check_output, check_writable
 
     if output.suffix.lower() != ".json":
         raise click.BadParameter("the rule is written as JSON; give a .json file", param_hint="-o")
     check_output(output, overwrite=overwrite, inputs=[table])
-    if report_dir is not None and (report_dir / "report.md").exists() and not overwrite:
-        raise InstructMiningError(
-            f"{report_dir / 'report.md'}: exists already; pass --overwrite to replace it"
-        )
+    if report_dir is not None:
+        if (report_dir / "report.md").exists() and not overwrite:
+            raise OutputExistsError(
+                f"{report_dir / 'report.md'}: exists already; pass --overwrite to replace it"
+            )
+        check_writable(report_dir)
     frame = read_table(table)
     columns = [str(c) for c in frame.columns]
     chosen = features if features is not None else _default_features(columns, table)
@@ -202,7 +204,7 @@ def fit_command(
             raise
         except ValueError as exc:  # a bad combination of settings
             _echo_warnings(caught)
-            raise InstructMiningError(str(exc)) from None
+            raise ParameterError(str(exc)) from None
     _echo_warnings(caught)
     result.rule.save(output, overwrite=overwrite)
     click.echo(result.rule.summary())
@@ -218,14 +220,30 @@ def fit_command(
 
 @click.group("rule")
 def rule_group() -> None:
-    """Inspect rules: fitted JSON files or the built-in paper-v1 and paper-v3."""
+    """Inspect rules: fitted JSON files or the built-in ones (`instructmining rule list`)."""
+
+
+@rule_group.command("list")
+def rule_list_command() -> None:
+    """List the built-in rules: where each comes from, its base model and its features."""
+    from instructmining.regression import BUILTIN_RULES, builtin_rule
+
+    rows = [("name", "source", "base model", "features")]
+    for name in BUILTIN_RULES:
+        rule = builtin_rule(name)
+        prov = rule.provenance
+        source = prov.get("study") or prov.get("paper") or str(prov.get("source", ""))
+        rows.append((name, source, str(prov.get("base_model", "")), ", ".join(rule.coefficients)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
 
 
 @rule_group.command("show")
 @click.argument("rule")
 @click.option("--json", "as_json", is_flag=True, help="Print the rule's JSON document.")
 def rule_show_command(rule: str, as_json: bool) -> None:
-    """Print RULE (a rule .json file, or a built-in name: paper-v1, paper-v3)."""
+    """Print RULE (a rule .json file, or a built-in name from `instructmining rule list`)."""
     from instructmining.regression import load_rule
 
     loaded = load_rule(rule)

@@ -216,10 +216,13 @@ class _Run:
 
 
 def _check_dir(path: Path) -> None:
-    from instructmining.errors import InstructMiningError
+    """Refuse an output folder that is a file or cannot be written, before any model loads."""
+    from instructmining.errors import InputError
+    from instructmining.writers import check_writable
 
     if path.exists() and not path.is_dir():
-        raise InstructMiningError(f"{path}: exists and is not a folder")
+        raise InputError(f"{path}: exists and is not a folder")
+    check_writable(path)
 
 
 @click.command("generate")
@@ -262,7 +265,7 @@ def generate_command(n: int, output_dir: Path, report: bool, quiet: bool, **opts
           --base-url http://localhost:11434/v1 --n 200 -o gen/
       instructmining generate --seeds seeds.jsonl --llm hf:/models/lm --machine-pool subset.jsonl -o gen/
     """
-    from instructmining.errors import InstructMiningError
+    from instructmining.errors import InstructMiningError, ParameterError
     from instructmining.generation.generator import FLAT_FILE, SelfInstructGenerator
     from instructmining.progress import progress_enabled
 
@@ -273,8 +276,10 @@ def generate_command(n: int, output_dir: Path, report: bool, quiet: bool, **opts
         result = gen.run(
             run.seeds, output_dir, machine_pool=run.pool, progress=progress_enabled(quiet)
         )
-    except ValueError as exc:
-        raise InstructMiningError(str(exc)) from None
+    except InstructMiningError:
+        raise
+    except ValueError as exc:  # a setting the generator refuses
+        raise ParameterError(str(exc)) from None
     finally:
         run.backend.close()
     if result.resumed_from and not quiet:
@@ -349,7 +354,7 @@ def loop_command(
       instructmining loop --seeds seed_tasks.jsonl --llm openai:m --base-url http://localhost:8000/v1 \\
           --rule rule.json --rounds 3 --per-round 500 --keep 200 -o loop/
     """
-    from instructmining.errors import InstructMiningError
+    from instructmining.errors import InstructMiningError, ParameterError
     from instructmining.generation.loop import format_loop_table, run_loop
     from instructmining.progress import progress_enabled
     from instructmining.regression import load_rule
@@ -389,8 +394,10 @@ def loop_command(
             progress=show,
             on_round=echo_round,
         )
-    except ValueError as exc:
-        raise InstructMiningError(str(exc)) from None
+    except InstructMiningError:
+        raise
+    except ValueError as exc:  # a setting the generator refuses
+        raise ParameterError(str(exc)) from None
     finally:
         run.backend.close()
     if result.rounds:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import click
 
+from instructmining.errors import ParameterError
 from instructmining.schemas import parse_field_map
 
 
@@ -52,6 +55,79 @@ def quiet_option(f: Any) -> Any:
     return click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(f)
 
 
+#: files that hold a checkpoint's weights (transformers, sentence-transformers, peft)
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be a checkpoint (None when it may be): cheap file checks only."""
+    if not folder.is_dir():
+        return "is a file, not a checkpoint folder"
+    files = [p for p in folder.iterdir() if p.is_file()]
+    files += [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir() if p.is_file()]
+    if not files:
+        return "is an empty folder"
+    for f in (p for p in files if p.suffix == ".json" and p.stat().st_size < 64 << 20):
+        try:
+            json.loads(f.read_bytes())
+        except (ValueError, RecursionError):
+            return f"holds {f.relative_to(folder)}, which is not valid JSON"
+    if not any(p.name == "config.json" for p in files):
+        return "holds no config.json"
+    weights = [p for p in files if p.suffix in _WEIGHTS]
+    if not weights:
+        return "holds no weights file (.safetensors or .bin)"
+    for w in weights:
+        if not _safetensors_whole(w):
+            return f"holds {w.relative_to(folder)}, which is truncated or damaged"
+    return None
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """A .safetensors file whose header parses and whose size matches it (other files: not empty)."""
+    size = path.stat().st_size
+    if path.suffix != ".safetensors":
+        return size > 0
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n > size - 8:
+                return False
+            header = json.loads(fh.read(n))
+        end = max(
+            (t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0
+        )
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    return bool(size == 8 + n + end)
+
+
+def check_checkpoint(spec: str, option: str) -> None:
+    """Refuse, before any work, a checkpoint path given on the command line that cannot load.
+
+    A path that does not exist, a file, an empty folder, a folder without
+    config.json or weights, a JSON file that does not parse or a truncated
+    .safetensors file: ParameterError (exit 2) naming `option` and the path.
+    Hub ids and catalogue names are left to the model loader.
+    """
+    path = Path(spec).expanduser()
+    if not path.exists():
+        # hub ids are "name" or "org/name"; anything else is meant as a path
+        if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+            raise ParameterError(
+                f"{option}: checkpoint path '{spec}' does not exist; give the folder that holds "
+                "the model (config.json and weights), a hub id or a name from "
+                "`instructmining models`"
+            )
+        return
+    problem = _checkpoint_problem(path)
+    if problem is not None:
+        raise ParameterError(
+            f"{option}: {spec} {problem}, so it is not a usable checkpoint; give the folder "
+            "that holds the model (config.json and weights, as save_pretrained writes them)"
+        )
+
+
 def _parse_models(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> dict[str, str]:
@@ -63,7 +139,16 @@ def _parse_models(
                 f"{item!r} is not NAME=CHECKPOINT (e.g. --model reward=/models/rm)", ctx, param
             )
         out[key.strip()] = path.strip()
+    for key, path in out.items():  # every checkpoint checked before any work
+        check_checkpoint(path, f"--model {key}={path}")
     return out
+
+
+def check_base_model(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--base-model callback: `tiny`, a name or hub id, or a checkpoint path checked at once."""
+    if value != "tiny":
+        check_checkpoint(value, "--base-model")
+    return value
 
 
 def model_options(f: Any) -> Any:
@@ -106,6 +191,7 @@ def training_options(batch_flag: str = "--batch-size") -> Any:
                     "--base-model",
                     default="tiny",
                     show_default=True,
+                    callback=check_base_model,
                     help="A causal LM (local folder or hub id), or `tiny`: a small GPT-2 "
                     "built on the study's sources (demonstrations and CI only).",
                 ),

@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from instructmining.cli.options import map_option, on_error_option, overwrite_option, quiet_option
+from instructmining.cli.options import (
+    check_checkpoint,
+    map_option,
+    on_error_option,
+    overwrite_option,
+    quiet_option,
+)
 
 
 @click.command("indicators")
@@ -87,6 +93,8 @@ def _parse_models(
         expand_models(out)
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), ctx, param) from None
+    for key, path in out.items():  # every checkpoint checked before any indicator runs
+        check_checkpoint(path, f"--model {key}={path}")
     return out
 
 

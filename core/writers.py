@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from instructmining.errors import InstructMiningError, OutputExistsError
+from instructmining.errors import InputError, OutputExistsError, OutputNotWritableError
 
 WRITE_FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -31,7 +31,7 @@ def output_format(path: str | Path) -> tuple[str, bool]:
             if gz and fmt == "parquet":
                 break
             return fmt, gz
-    raise InstructMiningError(
+    raise InputError(
         f"{path}: cannot write this file type; use .jsonl, .json, .csv (optionally .gz) or .parquet"
     )
 
@@ -45,16 +45,38 @@ def check_output(
     for source in inputs:
         src = Path(source)
         if src.exists() and out.exists() and os.path.samefile(src, out):
-            raise InstructMiningError(
-                f"{out}: refusing to overwrite an input file; choose another output"
-            )
+            raise InputError(f"{out}: refusing to overwrite an input file; choose another output")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: exists already; pass --overwrite to replace it")
     if out.is_dir():
-        raise InstructMiningError(f"{out}: is a folder; give a file name")
+        raise InputError(f"{out}: is a folder; give a file name")
     if not out.parent.exists():
-        raise InstructMiningError(f"{out.parent}: the output folder does not exist")
+        raise InputError(f"{out.parent}: the output folder does not exist")
+    check_writable(out.parent, out)
     return out
+
+
+def check_writable(folder: str | Path, output: str | Path | None = None) -> Path:
+    """Fail early, before any work, if no file can be created in `folder`.
+
+    A folder that does not exist yet counts by its nearest existing parent (it
+    would be created there). Tried with a real temporary file: permission bits
+    say nothing about read-only mounts, /proc or a process running as root.
+    """
+    where = Path(folder)
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".instructmining-", suffix=".tmp", dir=where)
+    except OSError as exc:
+        name = output if output is not None else folder
+        raise OutputNotWritableError(
+            f"{name}: cannot write in {where} ({exc.strerror or exc}); "
+            "choose an output in a folder you can write to"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
+    return where
 
 
 def _umask() -> int:

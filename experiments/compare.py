@@ -40,6 +40,7 @@ import numpy as np
 
 from instructmining.errors import InstructMiningError, ParameterError
 from instructmining.experiments.evalset import remove_overlap
+from instructmining.experiments.lock import holds_study_lock
 from instructmining.experiments.runner import (
     RunSettings,
     describe_error,
@@ -322,6 +323,7 @@ def choose_subset(
     return chosen.subset(records)
 
 
+@holds_study_lock("study compare")
 def compare_strategies(
     study_path: str | Path,
     pool: Sequence[Record],
@@ -340,7 +342,7 @@ def compare_strategies(
     from instructmining.indicators.registry import from_params
 
     if seeds < 1:
-        raise InstructMiningError(f"--seeds must be >= 1, got {seeds}")
+        raise ParameterError(f"--seeds must be >= 1, got {seeds}")
     study = Study(study_path)
     names = study_indicator_names(study)
     strategies = parse_strategies(strategies, names)
@@ -359,7 +361,7 @@ def compare_strategies(
     kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
     records = kept["pool"]
     if size > len(records):
-        raise InstructMiningError(
+        raise ParameterError(
             f"--size {size} exceeds the {len(records)} pool records left after removing "
             f"{removed['pool']} that overlap D_eval"
         )

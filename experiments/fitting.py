@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InstructMiningError, OutputExistsError, ParameterError
+from instructmining.experiments.lock import holds_study_lock
 from instructmining.experiments.store import ResultsStore
 from instructmining.experiments.study import Study
 from instructmining.writers import write_rows
@@ -37,7 +38,7 @@ def results_table(study: Study, config: str | None = None) -> Any:
     """
     known = ResultsStore(study.results_path).configs()
     if config is not None and known and config not in known:
-        raise InstructMiningError(
+        raise ParameterError(
             f"{study.path}: no results for configuration {config!r}; it holds "
             + ", ".join(f"{c or '(unnamed)'} ({d} done)" for c, (d, _) in known.items())
         )
@@ -50,6 +51,7 @@ def results_table(study: Study, config: str | None = None) -> Any:
     return table
 
 
+@holds_study_lock("study fit")
 def fit_study(
     path: str | Path,
     *,
@@ -74,14 +76,14 @@ def fit_study(
     chosen = features if features else columns
     unknown = [f for f in chosen if f not in table.columns]
     if unknown:
-        raise InstructMiningError(
+        raise ParameterError(
             f"--features: {', '.join(unknown)} not in the results table; "
             f"indicator columns: {', '.join(columns)}"
         )
     folder = Path(out_dir) if out_dir else study.path / "fit"
     rule_path = folder / "rule.json"
     if rule_path.exists() and not overwrite:
-        raise InstructMiningError(f"{rule_path}: exists already; pass --overwrite to refit")
+        raise OutputExistsError(f"{rule_path}: exists already; pass --overwrite to refit")
     folder.mkdir(parents=True, exist_ok=True)
     # the table as fitted, kept beside the rule
     table_path = write_rows(table, folder / "results.csv", overwrite=True)

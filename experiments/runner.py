@@ -18,8 +18,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import (
+    CorruptFileError,
+    InstructMiningError,
+    MissingPackageError,
+    ParameterError,
+)
 from instructmining.experiments.finetune import TrainConfig
+from instructmining.experiments.lock import holds_study_lock
 from instructmining.experiments.study import Study
 from instructmining.experiments.tiny_base import TinyBaseConfig
 from instructmining.records import Record
@@ -95,15 +101,15 @@ def prepare_base(study: Study, settings: RunSettings, *, progress: bool = False)
             settings.base_model, indicator="study base model", option="--base-model"
         )
     from instructmining.experiments.finetune import set_threads
-    from instructmining.experiments.tiny_base import build_tiny_base
+    from instructmining.experiments.tiny_base import base_folder, build_tiny_base
     from instructmining.models.loading import resolve_device
 
-    folder = study.path / "base" / TINY
     cfg = replace(
         settings.tiny or TinyBaseConfig(),
         max_length=settings.train.max_length,
         seed=settings.train.seed,
     )
+    folder = base_folder(study.path / "base", cfg)
     set_threads(settings.cpu_threads())
     build_tiny_base(
         list(study.pool.values()),
@@ -270,7 +276,7 @@ def select_candidates(
     if wanted is not None:
         unknown = wanted - {c["candidate_id"] for c in study.candidates}
         if unknown:
-            raise InstructMiningError(f"unknown candidate ids: {', '.join(sorted(unknown))}")
+            raise ParameterError(f"--only: unknown candidate ids: {', '.join(sorted(unknown))}")
     return chosen
 
 
@@ -311,6 +317,30 @@ def base_row(study: Study, cand: Mapping[str, Any], settings: RunSettings) -> di
     }
 
 
+def check_ray() -> None:
+    """MissingPackageError with the install line when Ray is not installed (before any work)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise MissingPackageError(
+            "--engine ray needs Ray, which is not installed: pip install 'instructmining[ray]' "
+            "(or use --engine local)"
+        )
+
+
+def check_stores(study: Study) -> None:
+    """Open the results store and the score cache once: a corrupt one stops the run before
+    the base model is built (CorruptFileError naming the file)."""
+    from instructmining.experiments.store import ResultsStore
+    from instructmining.indicators.cache import ScoreCache
+
+    ResultsStore(study.results_path).configs()
+    if study.cache_dir.exists():
+        with ScoreCache(study.cache_dir) as cache:
+            cache.check()
+
+
+@holds_study_lock("study run")
 def run_study(
     path: str | Path,
     settings: RunSettings,
@@ -328,7 +358,10 @@ def run_study(
     on_result: Callable[[str, str, dict[str, Any] | str], None] | None = None,
     log_phases: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Run every unfinished candidate of the study at `path` (see the module docstring)."""
+    """Run every unfinished candidate of the study at `path` (see the module docstring).
+
+    Holds the study's lock (`experiments.lock`): a second run on the folder is refused.
+    """
     from instructmining.experiments.store import ResultsStore
     from instructmining.indicators.registry import from_params
 
@@ -336,10 +369,13 @@ def run_study(
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if engine == "ray":
+        check_ray()
     study = Study(path)
     # the manifest's stored settings are checked before any work (indicators.spec)
     manifest = study.path / "study.json"
     indicators = [from_params(p, source=manifest) for p in study.indicator_params]
+    check_stores(study)  # a corrupt store stops the run before the base is built
     base = prepare_base(study, settings, progress=progress)
     settings = resolve_settings(settings, base)
     store = ResultsStore(study.results_path, settings.config_key())
@@ -406,6 +442,8 @@ def run_study(
                 )
                 row["wall_s"] = time.perf_counter() - t0
                 finish(cid, row, None, row["wall_s"])
+            except CorruptFileError:  # every candidate would fail the same way
+                raise
             except Exception as exc:  # one candidate's failure must not end the study
                 finish(cid, None, describe_error(exc), time.perf_counter() - t0)
     summary.seconds = time.perf_counter() - start
@@ -421,6 +459,40 @@ def prepare_task(
     rows = [r.to_dict() for r in study.candidate_records(cid)]
     save_to = str(study.path / "runs" / cid) if settings.keep_weights else None
     return row, rows, save_to
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: the worker ends when the driver ends, kill -9 included.
+
+    Otherwise an orphaned worker trains its candidate for nobody and then waits
+    forever on the task pipe (its siblings hold the pipe open, so no end of file
+    comes). On Linux the kernel kills it when the parent dies (prctl
+    PR_SET_PDEATHSIG); where that is unavailable a thread checks the parent pid
+    every second. A parent that died before either was armed is caught at once.
+    """
+    import signal
+    import sys
+    import threading
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _run_pool(
@@ -439,13 +511,20 @@ def _run_pool(
     eval_rows = [r.to_dict() for r in study.eval_records]
     queue = iter(todo)
     pending: dict[Any, tuple[str, dict[str, Any], float]] = {}
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with cf.ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
 
         def submit_next() -> None:
             for cand in queue:
                 cid, t0 = cand["candidate_id"], time.perf_counter()
                 try:
                     row, rows, save_to = prepare_task(study, cand, settings, indicators)
+                except CorruptFileError:
+                    raise
                 except Exception as exc:  # scoring failed: record it, take the next one
                     finish(cid, None, describe_error(exc), time.perf_counter() - t0)
                     continue

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from instructmining.errors import InstructMiningError, ParameterError
+from instructmining.errors import DataError, ParameterError
 from instructmining.experiments.compare import _fingerprint
 from instructmining.experiments.evalset import remove_overlap
+from instructmining.experiments.lock import holds_study_lock
 from instructmining.experiments.runner import (
     RunSettings,
     prepare_base,
@@ -99,6 +100,7 @@ def search_sizes(
     return losses
 
 
+@holds_study_lock("select --size auto")
 def size_search(
     study_path: str | Path,
     pool: Sequence[Record],
@@ -122,7 +124,7 @@ def size_search(
     high = n if max_size is None else min(max_size, n)
     low = min(max(1, min_size), high)
     if high < 1:
-        raise InstructMiningError("the pool is empty after removing records that overlap D_eval")
+        raise DataError("the pool is empty after removing records that overlap D_eval")
     ranked = select(records, rule, k=n, models=models, cache=study.cache_dir).subset(records)
     base = prepare_base(study, settings, progress=progress)
     settings = resolve_settings(settings, base)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from instructmining.errors import CorruptFileError, InstructMiningError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     config TEXT NOT NULL,
@@ -81,22 +83,40 @@ class ResultsStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        """A connection; SQLite's failures become one-line errors naming the file and the fix."""
         try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute(_SCHEMA)
-            old = con.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'"
-            ).fetchone()
-            if old:
-                con.execute("BEGIN IMMEDIATE")
-                con.execute(_MIGRATE)
-                con.execute("DROP TABLE runs")
-                con.execute("COMMIT")
-            yield con
-        finally:
-            con.close()
+            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            try:
+                self._prepare(con)
+                yield con
+            finally:
+                con.close()
+        except sqlite3.OperationalError as exc:  # cannot open, read-only, locked too long
+            raise InstructMiningError(
+                f"{self.path}: cannot use the results store ({exc})"
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # a bad statement, not a bad file
+                raise
+            raise CorruptFileError(
+                f"{self.path}: the results store is corrupt ({exc}); move it aside or delete it "
+                "(the results recorded in it are lost) and run again"
+            ) from None
+
+    @staticmethod
+    def _prepare(con: sqlite3.Connection) -> None:
+        """WAL, full sync, the table; version 1 rows moved to configuration ""."""
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute(_SCHEMA)
+        old = con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'"
+        ).fetchone()
+        if old:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(_MIGRATE)
+            con.execute("DROP TABLE runs")
+            con.execute("COMMIT")
 
     def _put(self, candidate_id: str, status: str, row: Any, error: Any, wall_s: Any) -> None:
         with self._connect() as con:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from instructmining.errors import InstructMiningError
 from instructmining.records import Record
 
 EOS = "<|endoftext|>"
@@ -79,8 +81,12 @@ def build_tiny_base(
 ) -> dict[str, Any]:
     """Build (or reuse) the tiny base in `folder`; returns its description.
 
-    Reused when `folder` holds a finished base built with the same config; built
-    in a temporary sibling folder and renamed, so a crash never leaves half a base.
+    Reused when `folder` holds a finished base built with the same config. Built
+    in a fresh temporary sibling folder whose completion marker (`DONE`) is
+    written last, then renamed into place: a folder without the marker (a crash,
+    a copy cut short) is never taken for a base and is rebuilt. The caller holds
+    the study's lock (`experiments.lock`), so leftovers of killed builds beside
+    `folder` are removed.
     """
     import numpy as np
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -90,20 +96,21 @@ def build_tiny_base(
 
     cfg = config or TinyBaseConfig()
     out = Path(folder)
-    done = out / DONE
-    if done.exists():
-        info: dict[str, Any] = json.loads(done.read_text())
+    info: dict[str, Any] | None = finished(out)
+    if info is not None:
         if info.get("config") == asdict(cfg):
             return info
-        raise ValueError(
+        raise InstructMiningError(
             f"{out}: holds a tiny base built with other settings; remove the folder to rebuild it"
         )
     if not records:
         raise ValueError("the tiny base needs source records to train on")
     start = time.perf_counter()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in [*out.parent.glob(f".{out.name}.partial-*"), out.with_name(out.name + ".partial")]:
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the base from workers running as others
 
     texts = [format_prompt(r) + r.output for r in records]
     tok = train_tokenizer(texts, cfg.vocab_size)
@@ -162,8 +169,30 @@ def build_tiny_base(
         "seconds": time.perf_counter() - start,
         "note": "demonstration/CI base, not a research result",
     }
-    (tmp / DONE).write_text(json.dumps(info, indent=2))
-    if out.exists():
+    (tmp / DONE).write_text(json.dumps(info, indent=2))  # last: the base is complete
+    if out.exists():  # an unfinished base (no marker)
         shutil.rmtree(out)
     tmp.rename(out)
     return info
+
+
+def finished(folder: str | Path) -> dict[str, Any] | None:
+    """The description of the finished base in `folder`; None without a readable marker."""
+    try:
+        info = json.loads((Path(folder) / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def base_folder(root: str | Path, config: TinyBaseConfig) -> Path:
+    """Where the base for `config` lives under `root`: `tiny`, or `tiny-HASH` when `tiny`
+    holds a finished base built with other settings (e.g. a seed rerun)."""
+    import hashlib
+
+    first = Path(root) / "tiny"
+    built = finished(first)
+    if built is None or built.get("config") == asdict(config):
+        return first
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
+    return first.with_name(f"tiny-{digest[:8]}")

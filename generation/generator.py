@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instructmining.errors import DataError, InstructMiningError
+from instructmining.errors import DataError, InputError, InstructMiningError
 from instructmining.generation import filters as F
 from instructmining.generation.backends.base import Completion, LLMBackend, SamplingParams
 from instructmining.generation.parsing import parse_instances, parse_instruction_list
@@ -209,7 +209,7 @@ class SelfInstructGenerator:
             [t for t in seeds if t.is_classification] if self.classification_only else list(seeds)
         )
         if not seed_pool:
-            raise InstructMiningError(
+            raise DataError(
                 "no seed tasks" + (" marked is_classification" if self.classification_only else "")
             )
         out = Path(out_dir)
@@ -443,7 +443,7 @@ class SelfInstructGenerator:
             + [k for k in ("seeds", "machine_pool") if old.get(k) != fingerprint[k]]
         )
         if diff:
-            raise InstructMiningError(
+            raise InputError(
                 f"{out}: holds a run made with other settings (differs in: {', '.join(diff)}); "
                 "use another output folder or the same settings"
             )

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InputError
 from instructmining.generation.backends.base import LLMBackend
 from instructmining.generation.generator import FLAT_FILE, SelfInstructGenerator
 from instructmining.generation.seeds import Task, read_tasks
@@ -100,7 +100,7 @@ def run_loop(
         if state.get("settings") != settings:
             old = state.get("settings", {})
             diff = sorted(k for k in settings if old.get(k) != settings[k])
-            raise InstructMiningError(
+            raise InputError(
                 f"{out}: holds a loop run with other settings (differs in: {', '.join(diff)}); "
                 "use another output folder or the same settings"
             )

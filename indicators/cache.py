@@ -7,21 +7,26 @@ Readers never block the writer and several processes (workers) can share one
 file; writes are serialised by SQLite's lock with a busy timeout. Python ships
 sqlite3, so the store needs no extra dependency. Values are stored as their 8
 IEEE-754 bytes (SQLite's REAL would turn -0.0 into 0 and NaN into NULL), so
-cached and freshly computed outputs are bit-identical.
+cached and freshly computed outputs are bit-identical. A file SQLite cannot read
+(corrupt, or not a database) or a place it cannot write stops with one line
+naming the file and the fix, never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
+
+from instructmining.errors import CorruptFileError, InstructMiningError
 
 CACHE_ENV = "INSTRUCTMINING_CACHE"
 DEFAULT_CACHE = Path(".instructmining") / "cache.sqlite"
@@ -52,6 +57,41 @@ def default_cache_path() -> Path:
     return Path(env).expanduser() if env else DEFAULT_CACHE
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _guarded(
+    method: Callable[Concatenate[ScoreCache, P], T],
+) -> Callable[Concatenate[ScoreCache, P], T]:
+    """SQLite and file-system failures of a cache method as one-line errors naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self: ScoreCache, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:  # cannot open, read-only, locked too long
+            raise InstructMiningError(
+                f"{self.path}: cannot use the score cache ({exc}); pass --cache with a file in a "
+                "folder you can write to, or --no-cache"
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # a bad value bound, not a bad file
+                raise
+            self.close()  # not a database, malformed pages
+            raise CorruptFileError(
+                f"{self.path}: the score cache is corrupt ({exc}); delete the file (its scores "
+                "are computed again) or pass --no-cache"
+            ) from None
+        except OSError as exc:  # its folder cannot be created
+            raise InstructMiningError(
+                f"{self.path}: cannot create the score cache ({exc.strerror or exc}); pass "
+                "--cache with a file in a folder you can write to, or --no-cache"
+            ) from None
+
+    return wrapper
+
+
 class ScoreCache:
     """Scores by (key, record key) in one SQLite file; one commit per `put`."""
 
@@ -64,26 +104,36 @@ class ScoreCache:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
-            # WAL: a commit is durable and atomic without blocking readers; NORMAL sync
-            # keeps every committed batch across a process kill (only an OS crash can
-            # lose the last transactions, never corrupt the file).
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                )
-            elif int(row[0]) != SCHEMA_VERSION:
+            try:
+                self._prepare(conn)
+            except BaseException:
                 conn.close()
-                raise ValueError(
-                    f"{self.path}: score cache schema {row[0]}, this version reads "
-                    f"{SCHEMA_VERSION}; delete the file or pass another --cache"
-                )
+                raise
             self._conn = conn
         return self._conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Set the pragmas, create the tables and check the schema version."""
+        # WAL: a commit is durable and atomic without blocking readers; NORMAL sync
+        # keeps every committed batch across a process kill (only an OS crash can
+        # lose the last transactions, never corrupt the file).
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise CorruptFileError(
+                f"{self.path}: score cache schema {row[0]}, this version reads "
+                f"{SCHEMA_VERSION}; delete the file or pass another --cache"
+            )
+
+    @_guarded
+    def check(self) -> None:
+        """Open the file now: a corrupt or unusable cache fails here, before any work."""
+        self._connect()
 
     def close(self) -> None:
         """Close the connection (it reopens on the next call)."""
@@ -97,6 +147,7 @@ class ScoreCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_guarded
     def register(self, key: str, indicator: str, params: dict[str, Any]) -> None:
         """Remember which configuration a key stands for (for inspection; idempotent)."""
         self._connect().execute(
@@ -104,6 +155,7 @@ class ScoreCache:
             (key, indicator, json.dumps(params, sort_keys=True, default=str), time.time()),
         )
 
+    @_guarded
     def get(self, key: str, records: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found mask, values, truncated mask) for `records` under `key`."""
         n = len(records)
@@ -137,6 +189,7 @@ class ScoreCache:
                 truncated[i] = bool(trunc)
         return found, values, truncated
 
+    @_guarded
     def put(
         self,
         key: str,
@@ -161,6 +214,7 @@ class ScoreCache:
             raise
         conn.execute("COMMIT")
 
+    @_guarded
     def count(self, key: str | None = None) -> int:
         """Number of stored scores (under `key`, or in all)."""
         conn = self._connect()
@@ -168,6 +222,7 @@ class ScoreCache:
             return int(conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
         return int(conn.execute("SELECT COUNT(*) FROM scores WHERE key=?", (key,)).fetchone()[0])
 
+    @_guarded
     def configs(self) -> list[dict[str, Any]]:
         """Every configuration stored: key, indicator, params and number of scores."""
         conn = self._connect()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InputError
 from instructmining.regression.rule import Rule
 
 REWARD_MODEL = "OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5"
@@ -32,7 +32,7 @@ def _no_range(features: str, datasets: str) -> str:
     )
 
 
-class RuleNotFoundError(InstructMiningError, KeyError):
+class RuleNotFoundError(InputError, KeyError):
     """A rule name that is neither built in nor an existing file."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -110,10 +110,20 @@ def _paper_v3() -> Rule:
     )
 
 
+#: rules this project fitted on its own committed studies, shipped as JSON (name = file stem);
+#: each one's provenance names the study, and a test refits it from the study's table
+SHIPPED_RULES = Path(__file__).resolve().parent / "rules"
+
+
+def _shipped(path: Path) -> Callable[[], Rule]:
+    return lambda: Rule.load(path)
+
+
 #: built-in rule name -> function building it
 BUILTIN_RULES: dict[str, Callable[[], Rule]] = {
     "paper-v1": _paper_v1,
     "paper-v3": _paper_v3,
+    **{p.stem: _shipped(p) for p in sorted(SHIPPED_RULES.glob("*.json"))},
 }
 
 
@@ -128,7 +138,7 @@ def builtin_rule(name: str) -> Rule:
 
 
 def load_rule(spec: str | Path | Rule) -> Rule:
-    """A Rule from a built-in name ("paper-v1", "paper-v3"), a JSON file, or a Rule itself."""
+    """A Rule from a built-in name (`BUILTIN_RULES`), a JSON file, or a Rule itself."""
     if isinstance(spec, Rule):
         return spec
     if isinstance(spec, str) and spec in BUILTIN_RULES:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from instructmining.errors import InstructMiningError, OutputExistsError
+from instructmining.errors import InputError, OutputExistsError
 from instructmining.regression.rule import _fmt
 from instructmining.writers import atomic_path
 
@@ -45,13 +45,13 @@ def write_report(result: FitResult, directory: str | Path, *, overwrite: bool = 
     """Write DIR/report.md and the plots; refuses to replace an existing report unless asked."""
     out = Path(directory)
     if out.exists() and not out.is_dir():
-        raise InstructMiningError(f"{out}: exists and is not a folder; give a folder for --report")
+        raise InputError(f"{out}: exists and is not a folder; give a folder for --report")
     if (out / "report.md").exists() and not overwrite:
         raise OutputExistsError(
             f"{out / 'report.md'}: exists already; pass --overwrite to replace it"
         )
     if not out.parent.exists():
-        raise InstructMiningError(f"{out.parent}: the folder for the report does not exist")
+        raise InputError(f"{out.parent}: the folder for the report does not exist")
     out.mkdir(exist_ok=True)
     plots = _plots(result, out)
     text = _markdown(result, plots)

@@ -220,9 +220,9 @@ class Rule:
 
             raise OutputExistsError(f"{target}: exists already; pass --overwrite to replace it")
         if not target.parent.exists():
-            from instructmining.errors import InstructMiningError
+            from instructmining.errors import InputError
 
-            raise InstructMiningError(f"{target.parent}: the output folder does not exist")
+            raise InputError(f"{target.parent}: the output folder does not exist")
         with atomic_path(target) as tmp:
             tmp.write_text(self.to_json(), encoding="utf-8")
         return target

@@ -256,9 +256,9 @@ def _start(model: _Model, direction: str) -> list[str]:
     if direction != "backward":
         return []
     if len(model.names) > model.max_features():
-        from instructmining.errors import InstructMiningError
+        from instructmining.errors import ParameterError
 
-        raise InstructMiningError(
+        raise ParameterError(
             f"backward selection starts from all {len(model.names)} indicators, which needs at "
             f"least {len(model.names) + 3} datasets; the table has {model.n}. Use forward "
             "selection or fewer --features"

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InputError
 from instructmining.regression import Rule
 
 #: unselected records examined at once when looking for a swap partner
@@ -27,10 +27,8 @@ class FittedRangeWarning(UserWarning):
     """A subset mean of a rule indicator lies outside the range the rule was fitted on."""
 
 
-class RangeInfeasibleError(InstructMiningError):
-    """Within-range selection found no subset whose means all lie in the fitted range."""
-
-    exit_code = 2
+class RangeInfeasibleError(InputError):
+    """Within-range selection found no subset whose means all lie in the fitted range (exit 2)."""
 
 
 def _tolerance(lo: float, hi: float) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from instructmining.errors import InstructMiningError, ParameterError
+from instructmining.errors import InputError, InstructMiningError, ParameterError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.engine import score
 from instructmining.indicators.knn import KNN
@@ -37,6 +37,7 @@ from instructmining.indicators.registry import from_params
 from instructmining.indicators.spec import check_backend, check_params
 from instructmining.records import Record
 from instructmining.regression import Rule
+from instructmining.selection.dedup import DedupSettings, find_duplicates, keepers
 from instructmining.selection.diversity import diverse_prefix
 from instructmining.selection.ranges import (
     FittedRangeWarning,
@@ -74,6 +75,9 @@ class Selection:
     range_warnings: list[str] = field(default_factory=list)
     #: swaps made by within-range selection
     range_swaps: int = 0
+    #: records left out as duplicates of a kept one (dedup), and their clusters
+    duplicates_dropped: int = 0
+    duplicate_clusters: int = 0
 
     def subset(self, records: Sequence[Record]) -> list[Record]:
         """The selected records, in selection order."""
@@ -140,10 +144,10 @@ def rule_indicators(
     try:
         overridden = set(profiles.expand_models(models))
     except KeyError as exc:
-        raise InstructMiningError(str(exc.args[0])) from None
+        raise ParameterError(str(exc.args[0])) from None
     unknown = overridden - set(rule.features)
     if unknown:
-        raise InstructMiningError(
+        raise ParameterError(
             f"--model {', '.join(sorted(unknown))}: the rule {rule.name!r} does not use "
             f"{'it' if len(unknown) == 1 else 'them'} (it uses {', '.join(rule.features)})"
         )
@@ -160,6 +164,8 @@ def rule_indicators(
             f"the rule {rule.name!r} needs an indicator that is not registered here "
             f"({exc.args[0]}); install the plugin that provides it"
         ) from None
+    except InputError:  # e.g. a checkpoint path given with --model that does not exist
+        raise
     except InstructMiningError as exc:
         raise MissingIndicatorError(
             f"the rule {rule.name!r} needs a checkpoint that cannot be loaded here: {exc}"
@@ -203,6 +209,7 @@ def select(
     strategy: str = "rule",
     diversity: float | None = None,
     within_range: bool = False,
+    dedup: DedupSettings | None = None,
     seed: int = 0,
     models: Mapping[str, str] | None = None,
     device: str | None = None,
@@ -219,6 +226,10 @@ def select(
     `within_range` (rule strategy, with `k` or `fraction`) keeps every subset mean of
     a rule indicator inside the rule's fitted range by swapping records of the top k
     (`ranges.within_range_subset`); RangeInfeasibleError when it finds no such subset.
+    `dedup` keeps one record per duplicate cluster (`dedup.find_duplicates`) before
+    choosing: the best by the rule with the rule strategy, else the lowest id; `k`
+    and `fraction` count the records left, and the scores' `duplicate_of` names the
+    kept record of each dropped one (dropped records rank last).
 
     With the rule strategy, each rule indicator whose subset mean lies outside the
     rule's fitted range gives a FittedRangeWarning, also kept in
@@ -237,6 +248,12 @@ def select(
     size = subset_size(n, k=k, fraction=fraction)
     if max_predicted_loss is not None and (size is not None or strategy != "rule"):
         raise ParameterError("'max_predicted_loss' works alone, with the rule strategy.")
+    if max_predicted_loss is not None and not (
+        math.isfinite(max_predicted_loss) and max_predicted_loss > 0
+    ):
+        raise ParameterError(
+            f"--max-predicted-loss must be a positive number (a loss); got {max_predicted_loss!r}"
+        )
     if size is None and max_predicted_loss is None:
         raise ParameterError("Say how many records to keep: k, fraction or max_predicted_loss.")
     if strategy == "rule" and rule is None:
@@ -248,6 +265,15 @@ def select(
                 "'within_range' takes k or fraction and does not combine with 'diversity' "
                 "or 'max_predicted_loss'."
             )
+
+    embeddings: np.ndarray | None = None
+    dups = None
+    if dedup is not None:
+        if dedup.semantic is not None:
+            embeddings = _embeddings(records, rule)
+        dups = find_duplicates(records, dedup, embeddings=embeddings)
+        if size is not None:
+            size = subset_size(n - dups.n_duplicates, k=k, fraction=fraction)
 
     ids = [r.id for r in records]
     frame = pd.DataFrame({"id": ids})
@@ -272,18 +298,28 @@ def select(
         order = random_order(records, seed)
     else:
         order = longest_order(records)
+    duplicate_of: dict[int, int] = {}
+    dropped_tail = np.empty(0, dtype=np.int64)
+    if dups is not None:
+        duplicate_of = keepers(dups.clusters, records, order if strategy == "rule" else None)
+        gone = np.isin(order, list(duplicate_of))
+        order, dropped_tail = order[~gone], order[gone]
+        frame["duplicate_of"] = [
+            ids[duplicate_of[i]] if i in duplicate_of else None for i in range(n)
+        ]
 
     if max_predicted_loss is not None:
         predicted = frame["predicted_loss"].to_numpy()
         size = int(np.sum(predicted[order] <= max_predicted_loss))
         if size == 0:
-            raise InstructMiningError(
+            raise ParameterError(
                 f"no record has a predicted loss <= {max_predicted_loss}; the lowest is "
                 f"{np.nanmin(predicted):.4g}"
             )
     rejected = swaps = 0
     if diversity is not None:
-        embeddings = _embeddings(records, rule)
+        if embeddings is None:
+            embeddings = _embeddings(records, rule)
         chosen, rejected = diverse_prefix(order, embeddings, diversity, size)
         if size is not None and len(chosen) < size:
             warnings.warn(
@@ -312,7 +348,7 @@ def select(
     for message in messages:
         warnings.warn(message, FittedRangeWarning, stacklevel=2)
     rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(1, n + 1)
+    rank[np.concatenate([order, dropped_tail])] = np.arange(1, n + 1)
     frame["rank"] = rank
     frame["selected"] = False
     frame.loc[chosen, "selected"] = True
@@ -323,6 +359,7 @@ def select(
         "max_predicted_loss": max_predicted_loss,
         "diversity": diversity,
         "within_range": within_range,
+        "dedup": dedup.to_dict() if dedup is not None else None,
         "seed": seed,
         "rule": rule.name if rule is not None else None,
     }
@@ -335,6 +372,8 @@ def select(
         range_check=check,
         range_warnings=messages,
         range_swaps=swaps,
+        duplicates_dropped=len(duplicate_of),
+        duplicate_clusters=len(dups.clusters) if dups is not None else 0,
     )
 
 
@@ -344,5 +383,5 @@ def _embeddings(records: Sequence[Record], rule: Rule | None) -> np.ndarray:
     where = rule_where(rule) if rule is not None else None
     knn = from_params(params, source=where, name="knn6")
     if not isinstance(knn, KNN):
-        raise InstructMiningError("--diversity needs the built-in knn6 indicator's embeddings")
+        raise ParameterError("--diversity needs the built-in knn6 indicator's embeddings")
     return np.asarray(knn.embed(records), dtype=np.float64)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from instructmining.errors import CorruptFileError
 from instructmining.indicators.cache import ScoreCache, default_cache_path
 
 
@@ -85,7 +86,7 @@ def test_schema_mismatch_is_refused(tmp_path):
     conn.execute("UPDATE meta SET value='99' WHERE name='schema'")
     conn.commit()
     conn.close()
-    with pytest.raises(ValueError, match="delete the file or pass another --cache"):
+    with pytest.raises(CorruptFileError, match="delete the file or pass another --cache"):
         ScoreCache(path).count()
 
 

@@ -71,7 +71,7 @@ def test_fit_end_to_end_with_report(tmp_path):
     shown = run("rule", "show", rule_path)
     assert shown.exit_code == 0 and "fitted-results" in shown.output
     again = run("fit", table, "-o", rule_path)
-    one_line_error(again, 1, "exists already", "--overwrite")
+    one_line_error(again, 2, "exists already", "--overwrite")
 
 
 def test_fit_options_and_parquet_metadata(tmp_path):
@@ -196,10 +196,10 @@ def test_other_bad_inputs(tmp_path):
     one_line_error(run("fit", odd, "-o", tmp_path / "r.json"), 2, "unknown table type")
     plain = tmp_path / "plain.csv"
     pd.DataFrame({"a": [1, 2, 3, 4], "eval_loss": [1, 2, 3, 4]}).to_csv(plain, index=False)
-    one_line_error(run("fit", plain, "-o", tmp_path / "r.json"), 1, "--features")
+    one_line_error(run("fit", plain, "-o", tmp_path / "r.json"), 2, "--features")
     one_line_error(
         run("fit", table, "-o", tmp_path / "r.json", "--enter", "0.2", "--remove", "0.1"),
-        1,
+        2,
         "enter (0.2) must not exceed remove (0.1)",
     )
     bad = run("fit", table, "-o", tmp_path / "r.txt")
@@ -212,7 +212,7 @@ def test_rule_show_builtin_and_errors(tmp_path):
     assert "1.0694" in result.output and "knn6" in result.output and "SentenceBERT" in result.output
     as_json = run("rule", "show", "paper-v3", "--json")
     assert json.loads(as_json.output)["coefficients"]["understandability"] == 0.4421
-    one_line_error(run("rule", "show", "paper-v9"), 1, "built-in: paper-v1, paper-v3")
+    one_line_error(run("rule", "show", "paper-v9"), 2, "built-in: paper-v1, paper-v3")
     broken = tmp_path / "broken.json"
     broken.write_text("[1, 2")
     one_line_error(run("rule", "show", broken), 2, "broken.json", "not valid JSON")
@@ -240,3 +240,16 @@ def test_fit_as_a_real_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "rep" / "residuals.png").exists()
+
+
+def test_rule_list_names_every_builtin_with_its_source():
+    from instructmining.regression import BUILTIN_RULES
+
+    out = CliRunner().invoke(main, ["rule", "list"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0].split()[:2] == ["name", "source"]
+    listed = {line.split()[0] for line in lines[1:]}
+    assert listed == set(BUILTIN_RULES)
+    paper = next(line for line in lines if line.startswith("paper-v1"))
+    assert "LLaMA-7B" in paper and "knn6" in paper

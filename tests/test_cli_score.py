@@ -60,7 +60,7 @@ def test_refuses_to_overwrite(tmp_path):
     out = tmp_path / "s.jsonl"
     out.write_text("x\n")
     result = run("score", EXAMPLE, "-o", out)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "--overwrite" in result.output
     assert out.read_text() == "x\n"
     assert run("score", EXAMPLE, "-o", out, "--overwrite").exit_code == 0

@@ -107,7 +107,7 @@ def test_paper_profile_without_checkpoints_fails_fast(data, tmp_path, monkeypatc
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
     missing = tmp_path / "nowhere"
     result = run("score", data, "-o", out, "-i", "perplexity", "--model", f"perplexity={missing}")
-    assert result.exit_code == 1 and f"'{missing}' does not exist" in result.output
+    assert result.exit_code == 2 and f"'{missing}' does not exist" in result.output
 
 
 def test_truncation_is_reported(data, tmp_path, tiny_causal_lm):

@@ -69,7 +69,7 @@ def test_study_fit_writes_a_rule_from_the_results(tmp_path: Path) -> None:
     assert (study_dir / "fit" / "report.md").exists()
     assert (study_dir / "fit" / "results.csv").exists()
     again = CliRunner().invoke(main, ["study", "fit", str(study_dir)])
-    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 def test_study_fit_needs_results(tmp_path: Path) -> None:

@@ -198,7 +198,7 @@ def test_study_plan_command(tmp_path: Path) -> None:
     assert "planned 5 candidates" in result.output
     assert "alpaca 2" in result.output
     again = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "st")])
-    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert again.exit_code == 2 and "--overwrite" in again.output
     bad = CliRunner().invoke(main, [*args[:-2], "--source", "nonsense", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "NAME=PATH" in bad.output
 

@@ -316,7 +316,7 @@ def test_study_run_and_status_commands(study_dir: Path) -> None:
     assert "done     2" in status.output and "pending  1" in status.output
     assert "eval_loss" in status.output
     missing = cli.invoke(main, ["study", "status", str(study_dir.parent)])
-    assert missing.exit_code == 1 and "not a study folder" in missing.output
+    assert missing.exit_code == 2 and "not a study folder" in missing.output
     assert "scoring indicators" not in result.output  # -q: no phase lines
 
 
