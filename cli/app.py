@@ -20,7 +20,11 @@ Examples:
 
 
 class Group(click.Group):
-    """A click group that prints user errors as one line (exit code 1, or 2 for bad data)."""
+    """A click group that prints our errors as one line, `Error: ...`, with their exit code.
+
+    2: the command line or its input is wrong; 1: something the command depends on
+    failed (see `instructmining.errors`).
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -49,6 +53,10 @@ def _register_commands() -> None:
     from instructmining.cli import select
 
     main.add_command(select.select_command)
+
+    from instructmining.cli import check
+
+    main.add_command(check.check_command)
 
     from instructmining.cli import generate
 

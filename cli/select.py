@@ -73,6 +73,26 @@ from instructmining.cli.options import (
     "on: swap records of the top k for the best-ranked ones that bring a mean back in "
     "(exit 2 if no such subset is found).",
 )
+@click.option(
+    "--exclude-eval",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="EVAL",
+    help="Drop the records overlapping this evaluation set before ranking, as "
+    "`instructmining check --eval` finds them (default settings); repeatable.",
+)
+@click.option(
+    "--dedup",
+    is_flag=True,
+    help="Keep one record per exact or near-duplicate cluster (as `check --dedup` finds "
+    "them) before choosing: the best by the rule, else the lowest id.",
+)
+@click.option(
+    "--dedup-semantic",
+    type=float,
+    metavar="COS",
+    help="Duplicates also by cosine similarity >= COS in the rule's knn6 space (implies --dedup).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
 @click.option(
     "--cache",
@@ -126,6 +146,9 @@ def select_command(
     strategy: str,
     diversity: float | None,
     within_range: bool,
+    exclude_eval: tuple[Path, ...],
+    dedup: bool,
+    dedup_semantic: float | None,
     seed: int,
     cache: Path | None,
     no_cache: bool,
@@ -162,8 +185,14 @@ def select_command(
     from instructmining.progress import progress_enabled
     from instructmining.regression import load_rule
     from instructmining.selection import FittedRangeWarning, select_file
+    from instructmining.selection.dedup import DedupSettings
 
     if size_mode == "auto":
+        if exclude_eval or dedup or dedup_semantic is not None:
+            raise click.UsageError(
+                "--exclude-eval and --dedup do not combine with --size auto; "
+                "run select --exclude-eval/--dedup first and search on its output"
+            )
         if within_range:
             raise click.UsageError("--within-range does not combine with --size auto")
         _size_search(
@@ -209,6 +238,10 @@ def select_command(
             strategy=strategy,
             diversity=diversity,
             within_range=within_range,
+            exclude_eval=list(exclude_eval),
+            dedup=DedupSettings(semantic=dedup_semantic)
+            if dedup or dedup_semantic is not None
+            else None,
             seed=seed,
             models=models,
             device=device,
@@ -218,6 +251,17 @@ def select_command(
         )
     chosen = report.selection
     click.echo(f"selected {report.n_selected} of {report.n_pool} records -> {report.output}")
+    if report.contamination is not None:
+        kinds = report.contamination.summary()["by_kind"]
+        click.echo(
+            f"{report.n_excluded} records dropped as overlapping the evaluation set "
+            f"({', '.join(f'{k} {v}' for k, v in kinds.items())})"
+        )
+    if chosen.settings.get("dedup") is not None:
+        click.echo(
+            f"{chosen.duplicates_dropped} records dropped as duplicates "
+            f"({chosen.duplicate_clusters} clusters, one kept of each)"
+        )
     if chosen.rejected_for_diversity:
         click.echo(f"{chosen.rejected_for_diversity} records skipped as too similar")
     if within_range:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from instructmining.cli.options import overwrite_option, quiet_option
+from instructmining.cli.options import check_base_model, overwrite_option, quiet_option
 
 STUDY_EPILOG = """\b
 Examples:
@@ -98,6 +98,14 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     "(default: the whole pool); model-backed indicators on a CPU need it.",
 )
 @click.option(
+    "--exclude-eval",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="EVAL",
+    help="Also drop source records overlapping this evaluation set, as `instructmining "
+    "check --eval` finds them (exact, n-gram, near); repeatable.",
+)
+@click.option(
     "--source-map",
     "source_maps",
     multiple=True,
@@ -138,6 +146,7 @@ def plan_command(
     univariate: list[str] | None,
     bins: int,
     bin_sample: int | None,
+    exclude_eval: tuple[Path, ...],
     source_maps: tuple[str, ...],
     profile: str | None,
     seed: int,
@@ -174,6 +183,7 @@ def plan_command(
         bins=bins,
         bin_sample=bin_sample,
         source_maps=maps,
+        exclude_eval=list(exclude_eval),
         profile=profile,
         seed=seed,
         indicators=indicators,
@@ -186,6 +196,9 @@ def plan_command(
         f"records, D_eval {report.eval_size}; removed as D_eval overlap: {removed}; "
         f"duplicates dropped: {report.duplicates}"
     )
+    if report.contaminated is not None:
+        dropped = ", ".join(f"{k} {v}" for k, v in report.contaminated.items())
+        click.echo(f"removed as contaminated (--exclude-eval): {dropped}")
 
 
 @study_group.command("run")
@@ -194,6 +207,7 @@ def plan_command(
     "--base-model",
     default="tiny",
     show_default=True,
+    callback=check_base_model,
     help="A causal LM (local folder or hub id), or `tiny`: a small GPT-2 built and pretrained "
     "on the study's sources (demonstrations and CI only).",
 )

@@ -8,7 +8,8 @@ Layout of STUDY_DIR::
     candidates/ID.json   each candidate's record ids, stored once under its content hash
     results.sqlite       the results store (one row per finished or failed candidate)
     scores.sqlite        indicator score cache (the engine's ScoreCache)
-    base/                the `tiny` base model, built once per study
+    base/                the `tiny` base model, built once per study (tiny-HASH: other settings)
+    .lock                held by the command writing to the study (`experiments.lock`)
     runs/ID/             finetuned weights, only with --keep-weights
     fit/                 `study fit` output: rule.json and the report
 """
@@ -23,9 +24,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import (
+    DataError,
+    InputError,
+    InstructMiningError,
+    OutputExistsError,
+    ParameterError,
+)
+from instructmining.experiments.lock import holds_study_lock
 from instructmining.records import Record
-from instructmining.writers import write_json
+from instructmining.writers import check_writable, write_json
 
 MANIFEST = "study.json"
 FORMAT_VERSION = 1
@@ -41,6 +49,8 @@ class PlanReport:
     eval_size: int
     removed_overlap: dict[str, int]
     duplicates: int
+    #: per source, records dropped by --exclude-eval (None when not asked)
+    contaminated: dict[str, int] | None = None
 
 
 def _write_records(
@@ -72,6 +82,7 @@ class _Pool:
     by_source: dict[str, list[Record]]
     origin: dict[str, str]
     duplicates: int
+    contaminated: dict[str, int] | None = None
 
     @property
     def records(self) -> list[Record]:
@@ -82,8 +93,13 @@ def _build_pool(
     sources: Mapping[str, str | Path],
     source_maps: Mapping[str, str],
     eval_records: Sequence[Record],
+    exclude_eval: Sequence[str | Path] = (),
 ) -> _Pool:
-    """Read the sources, drop D_eval overlap, keep one record per id (first source wins)."""
+    """Read the sources, drop D_eval overlap, keep one record per id (first source wins).
+
+    With `exclude_eval`, records contaminated by those evaluation files (any kind of
+    `selection.contamination` match, default settings) are dropped as well.
+    """
     from instructmining.experiments.evalset import remove_overlap
     from instructmining.readers import read_records
 
@@ -92,6 +108,9 @@ def _build_pool(
         for name, path in sources.items()
     }
     kept, removed = remove_overlap(raw, eval_records)
+    contaminated = None
+    if exclude_eval:
+        kept, contaminated = _exclude_contaminated(kept, exclude_eval)
     origin: dict[str, str] = {}
     by_source: dict[str, list[Record]] = {}
     duplicates = 0
@@ -104,7 +123,25 @@ def _build_pool(
             origin[r.id] = name
             mine.append(r)
         by_source[name] = mine
-    return _Pool({n: len(r) for n, r in raw.items()}, removed, by_source, origin, duplicates)
+    return _Pool(
+        {n: len(r) for n, r in raw.items()}, removed, by_source, origin, duplicates, contaminated
+    )
+
+
+def _exclude_contaminated(
+    sources: Mapping[str, list[Record]], eval_paths: Sequence[str | Path]
+) -> tuple[dict[str, list[Record]], dict[str, int]]:
+    """Drop source records overlapping the eval files (`instructmining check`); counts per source."""
+    from instructmining.selection.contamination import find_contamination, read_eval_files
+
+    evalset = read_eval_files(eval_paths, option="--exclude-eval")
+    kept: dict[str, list[Record]] = {}
+    dropped: dict[str, int] = {}
+    for name, recs in sources.items():
+        found = set(find_contamination(recs, evalset.records, evalset.origin).contaminated)
+        kept[name] = [r for i, r in enumerate(recs) if i not in found]
+        dropped[name] = len(found)
+    return kept, dropped
 
 
 def pool_fingerprint(ids: Sequence[str]) -> str:
@@ -114,6 +151,7 @@ def pool_fingerprint(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
+@holds_study_lock("study plan", planning=True)
 def create_study(
     out_dir: str | Path,
     *,
@@ -128,6 +166,7 @@ def create_study(
     profile: str | None = None,
     source_maps: Mapping[str, str] | None = None,
     bin_sample: int | None = None,
+    exclude_eval: Sequence[str | Path] = (),
     overwrite: bool = False,
     progress: bool = False,
 ) -> PlanReport:
@@ -138,6 +177,8 @@ def create_study(
     (e.g. `transcript=rejected` for the other side of HH-RLHF). Univariate bins
     are cut over the whole pool, or over a seeded random sample of `bin_sample`
     pool records (model-backed indicators on a CPU), candidates drawn from it.
+    `exclude_eval` names evaluation files whose overlapping source records (any
+    kind `instructmining check` finds) are dropped too.
     """
     from instructmining.experiments import plan
     from instructmining.experiments.evalset import build_eval_set
@@ -146,26 +187,27 @@ def create_study(
 
     out = Path(out_dir)
     if (out / MANIFEST).exists() and not overwrite:
-        raise InstructMiningError(f"{out}: holds a study already; pass --overwrite to replan it")
+        raise OutputExistsError(f"{out}: holds a study already; pass --overwrite to replan it")
     if out.exists() and not out.is_dir():
-        raise InstructMiningError(f"{out}: is a file; give a folder for the study")
+        raise InputError(f"{out}: is a file; give a folder for the study")
+    check_writable(out)
     if not sources:
-        raise InstructMiningError("give at least one --source NAME=PATH")
+        raise ParameterError("give at least one --source NAME=PATH")
     maps = dict(source_maps or {})
     unknown_maps = sorted(set(maps) - set(sources))
     if unknown_maps:
-        raise InstructMiningError(
+        raise ParameterError(
             f"--source-map names {', '.join(unknown_maps)}, which are not --source names"
         )
     evalset = build_eval_set(eval_paths)
-    built_pool = _build_pool(sources, maps, evalset.records)
+    built_pool = _build_pool(sources, maps, evalset.records, exclude_eval)
     raw_counts, removed = built_pool.raw_counts, built_pool.removed
     by_source, origin, duplicates = built_pool.by_source, built_pool.origin, built_pool.duplicates
     pool = built_pool.records
     ids_by_source = {name: [r.id for r in recs] for name, recs in by_source.items()}
     available = sum(map(len, ids_by_source.values()))
     if n_mixtures and size > available:
-        raise InstructMiningError(
+        raise ParameterError(
             f"--size {size} is more than the {available} source records left after removing "
             "D_eval overlap and duplicates; lower --size or add sources"
         )
@@ -233,6 +275,11 @@ def create_study(
                     "field_map": maps.get(name, ""),
                     "read": raw_counts[name],
                     "removed_eval_overlap": removed[name],
+                    **(
+                        {"removed_eval_contamination": built_pool.contaminated[name]}
+                        if built_pool.contaminated is not None
+                        else {}
+                    ),
                     "kept": len(by_source[name]),
                 }
                 for name in sources
@@ -244,12 +291,30 @@ def create_study(
                 "parts": evalset.parts,
                 "records": len(evalset.records),
             },
+            **(
+                {
+                    "exclude_eval": {
+                        "paths": [str(p) for p in exclude_eval],
+                        "relpaths": [_relpath(p, out) for p in exclude_eval],
+                    }
+                }
+                if exclude_eval
+                else {}
+            ),
             "indicators": [ind.params() for ind in built],
             "candidates": entries,
         },
         out / MANIFEST,
     )
-    return PlanReport(out, len(entries), len(pool), len(evalset.records), removed, duplicates)
+    return PlanReport(
+        out,
+        len(entries),
+        len(pool),
+        len(evalset.records),
+        removed,
+        duplicates,
+        built_pool.contaminated,
+    )
 
 
 def _relpath(path: str | Path, study: Path) -> str:
@@ -278,7 +343,7 @@ class Study:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not (self.path / MANIFEST).is_file():
-            raise InstructMiningError(
+            raise InputError(
                 f"{self.path}: not a study folder (no {MANIFEST}); create one with "
                 "`instructmining study plan ... -o DIR`"
             )
@@ -290,17 +355,15 @@ class Study:
         try:
             doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise InstructMiningError(
-                f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})"
-            ) from None
+            raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         except (ValueError, RecursionError):  # an integer too long to convert, deep nesting
-            raise InstructMiningError(
+            raise DataError(
                 f"{path}: not valid JSON (a number too long or nesting too deep)"
             ) from None
         if not isinstance(doc, dict):
-            raise InstructMiningError(f"{path}: not a JSON object")
+            raise DataError(f"{path}: not a JSON object")
         if doc.get("format") != FORMAT_VERSION:
-            raise InstructMiningError(
+            raise DataError(
                 f"{self.path / MANIFEST}: format {doc.get('format')!r}, this version reads "
                 f"{FORMAT_VERSION}; replan the study"
             )
@@ -344,16 +407,19 @@ class Study:
             src = doc["sources"]
             sources = {n: _locate(e["path"], e.get("relpath"), self.path) for n, e in src.items()}
             maps = {n: e.get("field_map", "") for n, e in src.items()}
-            built = _build_pool(sources, maps, evalset.records)
+            ex = doc.get("exclude_eval") or {"paths": []}
+            ex_rel = ex.get("relpaths") or [None] * len(ex["paths"])
+            excluded = [_locate(p, r, self.path) for p, r in zip(ex["paths"], ex_rel, strict=True)]
+            built = _build_pool(sources, maps, evalset.records, excluded)
         except (OSError, InstructMiningError) as exc:
-            raise InstructMiningError(
+            raise DataError(
                 f"{self.path}: pool.jsonl is missing and the sources in {MANIFEST} cannot be "
                 f"read to rebuild it ({exc}); put the data back where the manifest says"
             ) from exc
         want = doc.get("pool_fingerprint")
         got = pool_fingerprint(list(built.origin))
         if want and got != want:
-            raise InstructMiningError(
+            raise DataError(
                 f"{self.path}: the sources in {MANIFEST} no longer give the planned pool "
                 f"(fingerprint {got}, planned {want}); the data changed: replan the study"
             )
@@ -366,7 +432,7 @@ class Study:
         pool = self.pool
         missing = [i for i in ids if i not in pool]
         if missing:
-            raise InstructMiningError(
+            raise DataError(
                 f"{self.path}: candidate {candidate_id} names {len(missing)} records not in "
                 "pool.jsonl; the study folder is damaged, replan it"
             )

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InputError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.cache import ScoreCache
 from instructmining.indicators.registry import create
@@ -284,7 +284,7 @@ def rows_for_output(records: Sequence[Record], frame: Any, *, keep_fields: bool)
 
     clash = sorted(set(frame.columns[1:]) & {k for r in records[:1000] for k in r.fields})
     if clash:
-        raise InstructMiningError(
+        raise InputError(
             f"the data has fields named like indicator columns ({', '.join(clash)}); "
             "rename them with --map or drop --keep-fields"
         )
@@ -394,7 +394,7 @@ def score_file(
     )
     built = plan.indicators
     if not built:
-        raise InstructMiningError("no indicator to compute; see `instructmining indicators`")
+        raise InputError("no indicator to compute; see `instructmining indicators`")
     result = read_records(data, field_map=field_map, on_error=on_error)
     frame = score(result.records, built, cache=cache, progress=progress)
     rejects = None

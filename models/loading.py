@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InstructMiningError, ParameterError
 
 if TYPE_CHECKING:
     from instructmining.models.roles import LoadKey
@@ -137,17 +137,15 @@ def resolve_device(device: str = "auto") -> str:
         return device
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InstructMiningError(
-                f"--device {device}: no CUDA GPU is visible; use --device cpu"
-            )
+            raise ParameterError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
         index = device.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise InstructMiningError(
+            raise ParameterError(
                 f"--device {device}: {torch.cuda.device_count()} GPU(s) visible "
                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
             )
         return device
-    raise InstructMiningError(f"--device must be auto, cpu or cuda[:N]; got {device!r}")
+    raise ParameterError(f"--device must be auto, cpu or cuda[:N]; got {device!r}")
 
 
 def cpu_has_bf16() -> bool:
@@ -179,9 +177,9 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype == "auto":
         return torch.bfloat16 if bf16_supported(device) else torch.float32
     if dtype not in table:
-        raise InstructMiningError(f"dtype must be auto, fp32, fp16 or bf16; got {dtype!r}")
+        raise ParameterError(f"dtype must be auto, fp32, fp16 or bf16; got {dtype!r}")
     if dtype == "fp16" and device == "cpu":
-        raise InstructMiningError("dtype fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        raise ParameterError("dtype fp16 needs a GPU; use bf16 or fp32 on the CPU")
     return table[dtype]
 
 

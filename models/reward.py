@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InputError, InstructMiningError
 from instructmining.models.backends import LoadRequest
 from instructmining.models.roles import LoadKey, PairScores
 
@@ -342,7 +342,7 @@ def pair_scorer(request: LoadRequest) -> HFPairScorer:
             rm = AutoModelForSequenceClassification.from_pretrained(spec, **kwargs)
             labels = getattr(rm.config, "num_labels", 1)
             if labels != 1:
-                raise InstructMiningError(
+                raise InputError(
                     f"{request.indicator}: {spec!r} has {labels} outputs; a reward model has "
                     f"one (num_labels=1). Pass a reward model with --model "
                     f"{request.option or request.indicator}=ID_OR_PATH"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from instructmining.readers import OnError, read_records
 from instructmining.regression import Rule
+from instructmining.selection.contamination import (
+    ContaminationReport,
+    ContaminationSettings,
+    find_contamination,
+    read_eval_files,
+)
 from instructmining.selection.select import (
     Selection,
     check_within_range,
@@ -29,6 +35,13 @@ class SelectReport:
     selection: Selection
     rejects_path: Path | None = None
     n_rejects: int = 0
+    #: what --exclude-eval found (records dropped before ranking), when asked
+    contamination: ContaminationReport | None = None
+
+    @property
+    def n_excluded(self) -> int:
+        """Records dropped before ranking as overlapping an evaluation set."""
+        return len(self.contamination.contaminated) if self.contamination is not None else 0
 
     def summary(self) -> dict[str, Any]:
         """Mean of every numeric score column over the pool and over the selected subset."""
@@ -54,9 +67,16 @@ def select_file(
     field_map: str | Mapping[str, str] | None = None,
     on_error: OnError = "raise",
     overwrite: bool = False,
+    exclude_eval: Sequence[str | Path] = (),
+    contamination: ContaminationSettings | None = None,
     **options: Any,
 ) -> SelectReport:
-    """Read `data`, run `select` (see its options), write the subset and the scores atomically."""
+    """Read `data`, run `select` (see its options), write the subset and the scores atomically.
+
+    With `exclude_eval` (evaluation files), records overlapping any of them
+    (`contamination.find_contamination` with `contamination` settings) are dropped
+    before ranking; `SelectReport.contamination` says which and why.
+    """
     if rule is not None and options.get("strategy", "rule") == "rule":
         rule_settings(rule)  # a refused setting in the rule fails before any data is read
     if options.get("within_range"):
@@ -67,18 +87,44 @@ def select_file(
         if scores_out is not None
         else None
     )
+    evalset = read_eval_files(exclude_eval, option="--exclude-eval") if exclude_eval else None
     result = read_records(data, field_map=field_map, on_error=on_error)
-    chosen = select(result.records, rule, **options)
+    pool = result.records
+    found = None
+    if evalset is not None:
+        from instructmining.progress import progress_bar
+
+        with progress_bar(
+            len(pool), "contamination", enabled=options.get("progress", False)
+        ) as bar:
+            found = find_contamination(
+                pool,
+                evalset.records,
+                evalset.origin,
+                contamination,
+                parts=evalset.parts,
+                on_progress=bar.update,
+            )
+        dropped = set(found.contaminated)
+        pool = [r for i, r in enumerate(pool) if i not in dropped]
+    chosen = select(pool, rule, **options)
     rejects = None
     if result.rejects:
         rejects = rejects_path(out)
         write_rows([r.to_dict() for r in result.rejects], rejects, overwrite=True, inputs=[data])
-    subset = chosen.subset(result.records)
+    subset = chosen.subset(pool)
     write_rows([dict(r.fields) for r in subset], out, overwrite=overwrite, inputs=[data])
     if scores_path is not None:
         write_rows(chosen.scores, scores_path, overwrite=overwrite, inputs=[data])
     report = SelectReport(
-        out, scores_path, len(result.records), len(subset), chosen, rejects, len(result.rejects)
+        out,
+        scores_path,
+        len(result.records),
+        len(subset),
+        chosen,
+        rejects,
+        len(result.rejects),
+        found,
     )
     write_json(
         {
@@ -92,6 +138,18 @@ def select_file(
             "range_check": chosen.range_check,
             "range_warnings": chosen.range_warnings,
             "within_range_swaps": chosen.range_swaps,
+            "excluded_eval": (
+                {
+                    "files": [str(p) for p in exclude_eval],
+                    "dropped": report.n_excluded,
+                    "dropped_ids": [result.records[i].id for i in found.contaminated],
+                    **found.summary(),
+                }
+                if found is not None
+                else None
+            ),
+            "duplicates_dropped": chosen.duplicates_dropped,
+            "duplicate_clusters": chosen.duplicate_clusters,
         },
         out.with_name(out.name + ".selection.json"),
     )

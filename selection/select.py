@@ -271,7 +271,10 @@ def select(
     if dedup is not None:
         if dedup.semantic is not None:
             embeddings = _embeddings(records, rule)
-        dups = find_duplicates(records, dedup, embeddings=embeddings)
+        from instructmining.progress import progress_bar
+
+        with progress_bar(n, "duplicates", enabled=progress) as bar:
+            dups = find_duplicates(records, dedup, embeddings=embeddings, on_progress=bar.update)
         if size is not None:
             size = subset_size(n - dups.n_duplicates, k=k, fraction=fraction)
 

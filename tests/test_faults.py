@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 from study_helpers import write_eval, write_sources
 
 from instructmining.cli.app import main
-from instructmining.errors import CorruptFileError, StudyLockedError
+from instructmining.errors import CorruptFileError, InstructMiningError, StudyLockedError
 from instructmining.experiments import runner
 from instructmining.experiments.lock import study_lock
 from instructmining.experiments.store import ResultsStore
@@ -521,3 +521,22 @@ def test_exit_codes_follow_the_rule(
         if "-o" not in args and args[0] in ("score", "select"):
             args += ["-o", tmp_path / "out.jsonl"]
         assert says in _one_line(_invoke(*args), code)
+
+
+def test_device_and_dtype_a_machine_cannot_serve_are_input_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from instructmining.models.loading import resolve_device, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for call, says in [
+        (lambda: resolve_device("cuda"), "--device cuda: no CUDA GPU"),
+        (lambda: resolve_device("tpu"), "--device must be"),
+        (lambda: resolve_dtype("fp16", "cpu"), "fp16 needs a GPU"),
+        (lambda: resolve_dtype("fp8", "cpu"), "dtype must be"),
+    ]:
+        with pytest.raises(InstructMiningError, match=says) as info:
+            call()
+        assert info.value.exit_code == 2
