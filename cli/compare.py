@@ -42,7 +42,7 @@ from instructmining.cli.options import (
     help="Comma-separated: rule, rule-in-range, random, longest, top:IND, bottom:IND "
     "(IND: one of the study's indicators).",
 )
-@training_options()
+@training_options(seed=False)
 @model_option
 @map_option
 @quiet_option

@@ -181,56 +181,94 @@ def model_option(f: Any) -> Any:
     )(f)
 
 
-def training_options(batch_flag: str = "--batch-size") -> Any:
-    """Finetuning settings shared by the commands that train: base model, LoRA, epochs, ..."""
+def _train_defaults(name: str) -> str:
+    """`name`'s default for a real base and for `tiny`, for the help texts."""
+    from instructmining.experiments.runner import REAL_TRAIN, TINY_TRAIN
+
+    real, tiny = getattr(REAL_TRAIN, name), getattr(TINY_TRAIN, name)
+    return f"default {real}" + (f" ({tiny} for tiny)" if tiny != real else "")
+
+
+def training_options(
+    batch_flag: str = "--batch-size", device_flag: str = "--train-device", seed: bool = True
+) -> Any:
+    """The finetuning settings of the commands that train (study run, baseline, compare, select).
+
+    One set of options, so that every command can name every part of a training
+    configuration (the results store's key) and the help states the real defaults.
+    `seed` False: the command chooses its seeds itself (compare's --seeds).
+    """
 
     def decorate(f: Any) -> Any:
-        for option in reversed(
-            [
-                click.option(
-                    "--base-model",
-                    default="tiny",
-                    show_default=True,
-                    callback=check_base_model,
-                    help="A causal LM (local folder or hub id), or `tiny`: a small GPT-2 "
-                    "built on the study's sources (demonstrations and CI only).",
-                ),
-                click.option(
-                    "--lora",
-                    is_flag=True,
-                    default=None,
-                    help="Train LoRA adapters (peft) instead of every weight.",
-                ),
-                click.option(
-                    "--epochs", type=click.IntRange(min=1), help="Default 3 (2 for tiny)."
-                ),
-                click.option(
-                    "--lr",
-                    type=click.FloatRange(min=0, min_open=True),
-                    help="Default 2e-5 (1e-3 for tiny).",
-                ),
-                click.option(
-                    batch_flag,
-                    "train_batch_size",
-                    type=click.IntRange(min=1),
-                    help="Training batch size (default 16).",
-                ),
-                click.option(
-                    "--max-length",
-                    type=click.IntRange(min=8),
-                    help="Tokens per example; default 512 (256 for tiny).",
-                ),
-                click.option(
-                    "--train-device",
-                    "train_device",
-                    default=None,
-                    help="Where finetuning runs: auto, cpu or cuda[:N] (default auto).",
-                ),
-                click.option(
-                    "--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads."
-                ),
-            ]
-        ):
+        options = [
+            click.option(
+                "--base-model",
+                default="tiny",
+                show_default=True,
+                callback=check_base_model,
+                help="A causal LM (catalogue name, local folder or hub id), or `tiny`: a small "
+                "GPT-2 built on the study's sources (demonstrations and CI only).",
+            ),
+            click.option(
+                "--lora",
+                is_flag=True,
+                default=None,
+                help="Train LoRA adapters (peft) instead of every weight.",
+            ),
+            click.option("--lora-r", type=click.IntRange(min=1), default=None, help="LoRA rank."),
+            click.option(
+                "--epochs",
+                type=click.IntRange(min=1),
+                help="Epochs; " + _train_defaults("epochs") + ".",
+            ),
+            click.option(
+                "--lr",
+                type=click.FloatRange(min=0, min_open=True),
+                help="Learning rate; " + _train_defaults("lr") + ".",
+            ),
+            click.option(
+                batch_flag,
+                "train_batch_size",
+                type=click.IntRange(min=1),
+                help="Training batch size; " + _train_defaults("batch_size") + ".",
+            ),
+            click.option(
+                "--max-length",
+                type=click.IntRange(min=8),
+                help="Tokens per example; " + _train_defaults("max_length") + ".",
+            ),
+            click.option(
+                "--template",
+                type=click.Choice(["auto", "alpaca", "chat"]),
+                default=None,
+                help="Prompt layout; default auto: the model's chat template when it has one "
+                "(alpaca for tiny).",
+            ),
+            click.option(
+                "--precision",
+                type=click.Choice(["auto", "fp32", "bf16-mixed"]),
+                default=None,
+                help="Default auto: bf16 autocast where the CPU/GPU computes bf16 natively, "
+                "else fp32 (fp32 for tiny).",
+            ),
+            click.option(
+                device_flag,
+                "train_device",
+                default=None,
+                help="Where finetuning runs: auto, cpu or cuda[:N] (default auto).",
+            ),
+            click.option(
+                "--threads",
+                type=click.IntRange(min=1),
+                default=None,
+                help="torch CPU threads per run (default: 1 for tiny, else all cores).",
+            ),
+        ]
+        if seed:
+            options.append(
+                click.option("--seed", type=int, default=None, help="Training seed (default 0).")
+            )
+        for option in reversed(options):
             f = option(f)
         return f
 
@@ -240,27 +278,15 @@ def training_options(batch_flag: str = "--batch-size") -> Any:
 def run_settings(
     base_model: str,
     *,
-    lora: bool | None,
-    epochs: int | None,
-    lr: float | None,
-    train_batch_size: int | None,
-    max_length: int | None,
-    train_device: str | None,
-    threads: int | None,
+    train_batch_size: int | None = None,
+    train_device: str | None = None,
+    **values: Any,
 ) -> Any:
     """RunSettings from `training_options` values (unset ones keep the defaults)."""
     from instructmining.experiments.runner import settings_for
 
-    over: dict[str, Any] = {
-        "lora": lora,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": train_batch_size,
-        "max_length": max_length,
-        "device": train_device,
-        "threads": threads,
-    }
+    over = {**values, "batch_size": train_batch_size, "device": train_device}
     try:
         return settings_for(base_model, **{k: v for k, v in over.items() if v is not None})
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None

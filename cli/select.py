@@ -129,7 +129,7 @@ from instructmining.cli.options import (
     show_default=True,
     help="Smallest subset size the search tries.",
 )
-@training_options("--train-batch-size")
+@training_options("--train-batch-size", seed=False)
 @model_options
 @map_option
 @on_error_option

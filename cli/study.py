@@ -8,7 +8,12 @@ from typing import Any
 
 import click
 
-from instructmining.cli.options import check_base_model, overwrite_option, quiet_option
+from instructmining.cli.options import (
+    overwrite_option,
+    quiet_option,
+    run_settings,
+    training_options,
+)
 
 STUDY_EPILOG = """\b
 Examples:
@@ -203,40 +208,7 @@ def plan_command(
 
 @study_group.command("run")
 @click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--base-model",
-    default="tiny",
-    show_default=True,
-    callback=check_base_model,
-    help="A causal LM (local folder or hub id), or `tiny`: a small GPT-2 built and pretrained "
-    "on the study's sources (demonstrations and CI only).",
-)
-@click.option("--lora", is_flag=True, help="Train LoRA adapters (peft) instead of every weight.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Default 3 (1 for tiny).")
-@click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), help="Default 2e-5 (1e-3 for tiny)."
-)
-@click.option("--batch-size", type=click.IntRange(min=1), help="Default 16.")
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=8),
-    help="Tokens per example; default 512 (256 for tiny).",
-)
-@click.option("--seed", type=int, default=None, help="Training seed (default 0).")
-@click.option("--lora-r", type=click.IntRange(min=1), default=None)
-@click.option(
-    "--template",
-    type=click.Choice(["auto", "alpaca", "chat"]),
-    default=None,
-    help="Prompt layout; default auto: the model's chat template when it has one (alpaca for tiny).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16-mixed"]),
-    default=None,
-    help="Default auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32 "
-    "(fp32 for tiny).",
-)
+@training_options(device_flag="--device")
 @click.option(
     "--only",
     default=None,
@@ -256,13 +228,6 @@ def plan_command(
 )
 @click.option("--cpus-per-task", type=click.FloatRange(min=0), default=1, show_default=True)
 @click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="torch CPU threads per candidate (default: 1 for tiny, else all cores).",
-)
 @click.option("--force", is_flag=True, help="Rerun finished candidates too.")
 @click.option("--retry-failed", is_flag=True, help="Rerun candidates that failed before.")
 @click.option("--keep-weights", is_flag=True, help="Keep each finetuned model in STUDY/runs/ID.")
@@ -271,7 +236,6 @@ def plan_command(
 def run_command(
     study_dir: Path,
     base_model: str,
-    lora: bool,
     engine: str,
     workers: int,
     ray_address: str | None,
@@ -291,16 +255,10 @@ def run_command(
     mean indicators, its eval loss (mean NLL per D_eval response token), the
     base model, the training config hash, seed, wall time and tokens seen.
     """
-    from instructmining.experiments.runner import run_study, settings_for
+    from instructmining.experiments.runner import run_study
     from instructmining.progress import progress_enabled
 
-    over = {k: v for k, v in options.items() if v is not None}
-    if lora:
-        over["lora"] = True
-    try:
-        settings = settings_for(base_model, **over)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    settings = run_settings(base_model, **options)
 
     def report(cid: str, status: str, info: Any) -> None:
         if status == "done":
@@ -333,6 +291,33 @@ def run_command(
     click.echo(
         f"{len(summary.done)} done, {len(summary.failed)} failed, {summary.skipped} already "
         f"recorded, in {summary.seconds:.1f} s (configuration {summary.config})"
+    )
+
+
+@study_group.command("baseline")
+@click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@training_options(device_flag="--device")
+@click.option("--force", is_flag=True, help="Evaluate again even if a baseline is recorded.")
+def baseline_command(study_dir: Path, base_model: str, force: bool, **options: Any) -> None:
+    """Evaluate the base model on D_eval before any finetuning; record it beside the results.
+
+    Give the training options of the `study run` it belongs to: the baseline is
+    kept per configuration, and `study status` shows it next to the candidates'
+    losses (how far finetuning moved the model at all).
+    """
+    from instructmining.experiments.runner import evaluate_baseline
+
+    settings = run_settings(base_model, **options)
+    row, computed = evaluate_baseline(
+        study_dir,
+        settings,
+        force=force,
+        log=lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
+    )
+    how = f"in {row['eval_s']:.0f} s" if computed else "recorded earlier"
+    click.echo(
+        f"base model {row['base_model']} before finetuning: eval_loss {row['eval_loss']:.4f} "
+        f"over {row['eval_tokens']} response tokens ({how}; configuration {row['config']})"
     )
 
 
@@ -373,6 +358,11 @@ def status_command(study_dir: Path, verbose: bool, config: str | None) -> None:
     click.echo(line)
     click.echo(f"  failed   {len(failed)}")
     click.echo(f"  pending  {len(pending)}")
+    base = ResultsStore(study.results_path, chosen).baseline()
+    if base is not None:
+        losses = [e.row["eval_loss"] for e in done if e.row and "eval_loss" in e.row]
+        spread = f"; candidates {min(losses):.4f} to {max(losses):.4f}" if losses else ""
+        click.echo(f"  baseline eval_loss {base['eval_loss']:.4f} before finetuning{spread}")
     if verbose:
         for cid in ids:
             e = entries.get(cid)

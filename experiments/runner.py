@@ -340,6 +340,66 @@ def check_stores(study: Study) -> None:
             cache.check()
 
 
+@holds_study_lock("study baseline")
+def evaluate_baseline(
+    path: str | Path,
+    settings: RunSettings,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """The base model's eval loss on D_eval before any finetuning, under `settings`.
+
+    The reference every candidate's loss is read against: how far finetuning moved
+    the model at all. Stored once per configuration in the results store; returns
+    (row, computed): a recorded row is returned as it is unless `force`.
+    """
+    from instructmining.experiments.evaluate import eval_loss
+    from instructmining.experiments.finetune import load_causal_lm, load_tokenizer, set_threads
+    from instructmining.experiments.store import ResultsStore
+    from instructmining.models.loading import resolve_device
+
+    study = Study(path)
+    check_stores(study)
+    base = prepare_base(study, settings)
+    settings = resolve_settings(settings, base)
+    store = ResultsStore(study.results_path, settings.config_key())
+    known = store.baseline()
+    if known is not None and not force:
+        return known, False
+    set_threads(settings.cpu_threads())
+    device = resolve_device(settings.device)
+    tok = load_tokenizer(base)
+    if log:
+        log(f"evaluating the base model on {len(study.eval_records)} records")
+    ev = eval_loss(
+        load_causal_lm(base, device),
+        tok,
+        study.eval_records,
+        max_length=settings.train.max_length,
+        batch_size=settings.eval_batch_size,
+        device=device,
+        template=settings.train.template,
+        precision=settings.train.precision,
+    )
+    row = {
+        "config": store.config,
+        "base_model": settings.base_model,
+        "template": settings.train.template,
+        "precision": settings.train.precision,
+        "max_length": settings.train.max_length,
+        "eval_loss": ev.loss,
+        "eval_loss_example_mean": ev.example_mean,
+        "eval_tokens": ev.tokens,
+        "eval_s": ev.seconds,
+        "eval_tokens_per_s": ev.tokens_per_s,
+        "device": device,
+        "host": platform.node(),
+    }
+    store.record_baseline(row)
+    return row, True
+
+
 @holds_study_lock("study run")
 def run_study(
     path: str | Path,

@@ -37,6 +37,14 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (config, candidate_id)
 )
 """
+# the base model evaluated before any finetuning, once per configuration (`study baseline`)
+_BASELINES = """
+CREATE TABLE IF NOT EXISTS baselines (
+    config TEXT PRIMARY KEY,
+    row TEXT NOT NULL,
+    finished REAL NOT NULL
+)
+"""
 # version 1 files: one table keyed by candidate alone; their rows move to config ""
 _MIGRATE = """
 INSERT OR IGNORE INTO results
@@ -109,6 +117,7 @@ class ResultsStore:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
         con.execute(_SCHEMA)
+        con.execute(_BASELINES)
         old = con.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'"
         ).fetchone()
@@ -150,6 +159,25 @@ class ResultsStore:
     def record_failed(self, candidate_id: str, error: str, wall_s: float | None = None) -> None:
         """Store a failed candidate with its error message."""
         self._put(candidate_id, "failed", None, error, wall_s)
+
+    def record_baseline(self, row: Mapping[str, Any]) -> None:
+        """Store this configuration's untrained-base evaluation (replacing an older one)."""
+        clean = {k: _json_value(v) for k, v in row.items()}
+        with self._connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO baselines VALUES (?, ?, ?)",
+                (self.config, json.dumps(clean, ensure_ascii=False), time.time()),
+            )
+
+    def baseline(self) -> dict[str, Any] | None:
+        """This configuration's untrained-base evaluation, if `study baseline` recorded one."""
+        if not self.path.exists():
+            return None
+        with self._connect() as con:
+            got = con.execute(
+                "SELECT row FROM baselines WHERE config = ?", (self.config,)
+            ).fetchone()
+        return json.loads(got[0]) if got else None
 
     def configs(self) -> dict[str, tuple[int, int]]:
         """Every configuration in the file: (done, failed) counts."""

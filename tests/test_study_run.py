@@ -374,3 +374,30 @@ def test_keep_weights_saves_the_finetuned_model(study_dir: Path) -> None:
     assert (saved / "config.json").exists() and (saved / "tokenizer.json").exists()
     runner.run_study(study_dir, runner.settings_for("tiny", **SMALL), limit=1)
     assert sorted(p.name for p in (study_dir / "runs").iterdir()) == [cid]  # not kept by default
+
+
+def test_baseline_is_recorded_once_per_configuration_and_shown_by_status(
+    study_dir: Path,
+) -> None:
+    cli = CliRunner()
+    args = ["study", "baseline", str(study_dir), "--base-model", "tiny", "--max-length", "64"]
+    first = cli.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "before finetuning: eval_loss" in first.output and "recorded earlier" not in first.output
+    settings = runner.settings_for("tiny", max_length=64)
+    stored = ResultsStore(study_dir / "results.sqlite", settings.config_key()).baseline()
+    assert stored is not None and stored["eval_tokens"] > 0
+    # evaluated again (force), the untrained base gives the same loss
+    direct, computed = runner.evaluate_baseline(study_dir, settings, force=True)
+    assert computed and direct["eval_loss"] == pytest.approx(stored["eval_loss"], rel=1e-6)
+    assert direct["eval_tokens"] == stored["eval_tokens"]
+    again = cli.invoke(main, args)
+    assert again.exit_code == 0 and "recorded earlier" in again.output
+    # another configuration has no baseline yet: it is computed for it
+    other = cli.invoke(main, [*args, "--seed", "1"])
+    assert other.exit_code == 0 and "recorded earlier" not in other.output
+    run = cli.invoke(main, ["study", "run", *args[2:], "--limit", "1", "-q"])
+    assert run.exit_code == 0, run.output
+    status = cli.invoke(main, ["study", "status", str(study_dir)])
+    assert f"baseline eval_loss {stored['eval_loss']:.4f} before finetuning" in status.output
+    assert "candidates" in status.output
