@@ -80,7 +80,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("-n", type=int, default=200, help="records (default 200)")
     parser.add_argument("--dtype", default="auto", help="dtype of our scorer (default auto)")
+    parser.add_argument(
+        "--parts", default="lm,embed", help="lm (perplexity, IFD), embed (MiniLM); default both"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     from instructmining.models.causal import CausalScorer
     from instructmining.models.loading import resolve_dtype
@@ -92,7 +96,16 @@ def main() -> None:
         f"{resolve_dtype(args.dtype, 'cpu')}"
     )
 
-    ours = CausalScorer(LM, indicator="bench", device="cpu", dtype=args.dtype)
+    if "lm" in parts:
+        causal_part(records, CausalScorer(LM, indicator="bench", device="cpu", dtype=args.dtype))
+        if str(resolve_dtype(args.dtype, "cpu")) != "torch.float32":
+            print("(our values in reduced precision: the Spearman is the bf16-vs-fp32 agreement)")
+    if "embed" in parts:
+        embed_part(records, args.dtype)
+
+
+def causal_part(records, ours) -> None:  # type: ignore[no-untyped-def]
+    """Perplexity and IFD: our scorer against the plain batch-1 fp32 loop."""
     ours.load()  # load time is not throughput
     cond, w1, c1 = _timed(lambda: ours.score(records, conditional=True))
     alone, w2, _c2 = _timed(lambda: ours.score(records, conditional=False))
@@ -119,17 +132,23 @@ def main() -> None:
         f"{_spearman(ifd_ours, ifd_plain):.4f}"
     )
 
-    if str(resolve_dtype(args.dtype, "cpu")) != "torch.float32":
-        print("(our values in reduced precision: the Spearman above is the bf16-vs-fp32 agreement)")
 
-    # --- MiniLM embeddings ----------------------------------------------------------------
+def _knn_distances(emb: np.ndarray, k: int = 6) -> np.ndarray:
+    """Euclidean distance of each unit vector to its k-th nearest other vector."""
+    d = np.sqrt(np.maximum(2.0 - 2.0 * emb @ emb.T, 0.0))
+    np.fill_diagonal(d, np.inf)
+    return np.sort(d, axis=1)[:, k - 1]
+
+
+def embed_part(records, dtype: str) -> None:  # type: ignore[no-untyped-def]
+    """MiniLM: our knn6 embedding path against a default SentenceTransformer.encode."""
     from sentence_transformers import SentenceTransformer
 
     from instructmining.indicators.knn import KNN, example_text
     from instructmining.models.loading import check_model_source
 
     texts = [example_text(r) for r in records]
-    knn = KNN(model=EMBEDDER, device="cpu", dtype=args.dtype)
+    knn = KNN(model=EMBEDDER, device="cpu", dtype=dtype)
     embedder = knn._embedder()
     emb_ours, ew, ec = _timed(
         lambda: np.asarray(embedder.embed(texts, batch_size=knn.batch_size), dtype=np.float64)
@@ -143,6 +162,8 @@ def main() -> None:
     print(f"  ours : {len(texts) / ew:8.1f} texts/s ({ew:.1f} s wall, {ec:.1f} s CPU)")
     print(f"  plain: {len(texts) / pw:8.1f} texts/s ({pw:.1f} s wall, {pc:.1f} s CPU)")
     print(f"  speed-up {pw / ew:.2f}x; min cosine(ours, plain) = {cos.min():.5f}")
+    knn_rho = _spearman(_knn_distances(emb_ours), _knn_distances(np.asarray(emb_plain, float)))
+    print(f"  knn6 distances: Spearman(ours, plain fp32) = {knn_rho:.4f}")
 
 
 if __name__ == "__main__":
