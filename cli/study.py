@@ -338,6 +338,11 @@ def status_command(study_dir: Path, verbose: bool, config: str | None) -> None:
     study = Study(study_dir)
     configs = ResultsStore(study.results_path).configs()
     chosen = main_config(study) if config is None else config
+    if config is not None and config not in configs:
+        from instructmining.errors import InputError
+
+        known = ", ".join(f"{c or '(unnamed)'}" for c in configs) or "none yet"
+        raise InputError(f"--config {config}: no results for it in {study.path}; known: {known}")
     if len(configs) > 1 or config is not None:
         for c, (d, f) in configs.items():
             mark = "*" if c == chosen else " "

@@ -315,6 +315,8 @@ def test_study_run_and_status_commands(study_dir: Path) -> None:
     assert status.exit_code == 0, status.output
     assert "done     2" in status.output and "pending  1" in status.output
     assert "eval_loss" in status.output
+    unknown = cli.invoke(main, ["study", "status", str(study_dir), "--config", "nope"])
+    assert unknown.exit_code == 2 and "--config nope: no results for it" in unknown.output
     missing = cli.invoke(main, ["study", "status", str(study_dir.parent)])
     assert missing.exit_code == 2 and "not a study folder" in missing.output
     assert "scoring indicators" not in result.output  # -q: no phase lines
