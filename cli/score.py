@@ -160,6 +160,15 @@ def _parse_models(
 )
 @click.option("--no-cache", is_flag=True, help="Compute everything; read and write no cache.")
 @click.option("--keep-fields", is_flag=True, help="Also write every field of the input records.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Also write DIR/index.html: histograms, correlations, lowest and highest records "
+    "per indicator, indicator health (one self-contained page).",
+)
 @map_option
 @on_error_option
 @overwrite_option
@@ -177,6 +186,7 @@ def score_command(
     cache_path: Path | None,
     no_cache: bool,
     keep_fields: bool,
+    report_dir: Path | None,
     field_map: dict[str, str],
     on_error: Any,
     overwrite: bool,
@@ -187,10 +197,13 @@ def score_command(
     DATA is .jsonl, .json, .csv or .parquet (optionally .gz), or a folder written
     by datasets' save_to_disk. Alpaca, Dolly, prompt/completion, chat messages,
     ShareGPT and HH-RLHF layouts are recognised; use --map for anything else.
-    A summary is printed and written to OUTPUT.summary.json.
+    A summary is printed and written to OUTPUT.summary.json, with a line per
+    indicator that is constant, mostly NaN or takes a handful of values.
     """
     from instructmining.indicators.cache import default_cache_path
     from instructmining.indicators.engine import format_summary, score_file
+    from instructmining.indicators.health import health_lines
+    from instructmining.indicators.report import check_report_dir, write_score_report
     from instructmining.progress import progress_enabled
 
     if no_cache and cache_path is not None:
@@ -199,6 +212,8 @@ def score_command(
         device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:")
     ):
         raise click.BadParameter(f"{device!r}: use auto, cpu or cuda[:N]", param_hint="--device")
+    if report_dir is not None:
+        check_report_dir(report_dir, overwrite=overwrite)
     report = score_file(
         data,
         output,
@@ -234,3 +249,8 @@ def score_command(
         if run["truncated"]:
             click.echo(f"{name}: {run['truncated']} records truncated at the maximum length")
     click.echo(format_summary(report.summary))
+    for line in health_lines(report.health, len(report.columns)):
+        click.echo(line)
+    if report_dir is not None:
+        page = write_score_report(report, report_dir, source=data, overwrite=overwrite)
+        click.echo(f"report -> {page}")

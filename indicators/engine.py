@@ -26,6 +26,7 @@ import numpy as np
 from instructmining.errors import InputError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.cache import ScoreCache
+from instructmining.indicators.health import HealthFlag, check_health
 from instructmining.indicators.registry import create
 from instructmining.progress import progress_bar
 from instructmining.readers import OnError, read_records
@@ -311,6 +312,13 @@ class ScoreReport:
     seconds: float = 0.0
     #: per indicator: "backend" or "backend model (dtype)", for the printed summary
     computed_by: dict[str, str] = field(default_factory=dict)
+    #: columns that cannot rank records (constant, mostly NaN, few-valued); see `health`
+    health: list[HealthFlag] = field(default_factory=list)
+    #: the scores written (DataFrame: id + indicator columns) and the records, for reports
+    scores: Any = None
+    records: list[Record] = field(default_factory=list)
+    #: the indicator columns, in order
+    columns: list[str] = field(default_factory=list)
 
 
 def describe_backend(params: Mapping[str, Any]) -> str:
@@ -409,6 +417,7 @@ def score_file(
     )
     cols = [c for ind in built for c in ind.columns]
     summary = summarize(frame, cols)
+    health = check_health(frame, cols)
     runs = dict(frame.attrs.get("runs", {}))
     summary_path = write_json(
         {
@@ -420,6 +429,7 @@ def score_file(
             "indicators": {ind.name: ind.params() for ind in built},
             "left_out": plan.left_out,
             "summary": summary,
+            "health": [flag.to_dict() for flag in health],
             "runs": runs,
             "cache": None if cache is None else str(cache),
         },
@@ -439,4 +449,8 @@ def score_file(
         cache=None if cache is None else Path(cache),
         seconds=time.perf_counter() - began,
         computed_by={ind.name: describe_backend(ind.params()) for ind in plan.indicators},
+        health=health,
+        scores=frame,
+        records=list(result.records),
+        columns=cols,
     )
