@@ -39,8 +39,9 @@ from instructmining.cli.options import (
     default="rule,random,longest",
     show_default=True,
     metavar="NAME,...",
-    help="Comma-separated: rule, rule-in-range, random, longest, top:IND, bottom:IND "
-    "(IND: one of the study's indicators).",
+    help="Comma-separated strategy names, as `select --strategy` takes them: rule, "
+    "rule-in-range, random, longest, top:IND, bottom:IND (IND: one of the study's "
+    "indicators), kcenter or a plugin's, each optionally ending in +diverse:COS.",
 )
 @training_options(seed=False)
 @model_option
@@ -64,7 +65,9 @@ def compare_command(
     Strategies: rule (the rule's top K), rule-in-range (the rule's ranking with
     the subset means kept inside its fitted range), random (seeded), longest
     (longest outputs), top:IND and bottom:IND (highest / lowest value of the
-    study indicator IND, e.g. top:ifd). Uses the study's D_eval (pool records
+    study indicator IND, e.g. top:ifd), kcenter (k-center greedy coverage of the
+    knn6 embedding space, starting from the rule's best record); NAME+diverse:COS
+    skips records too similar to a kept one. Uses the study's D_eval (pool records
     overlapping it are removed), base model and score cache; results go to
     STUDY_DIR/compare/<fingerprint>/ (runs.csv, summary.md, summary.json) with
     each subset's mean of every study indicator and paired differences against
@@ -73,7 +76,7 @@ def compare_command(
     \b
     Example:
       instructmining study compare study/ --pool dolly.json --rule study/rule.json \\
-          --size 1000 --seeds 5 --strategies rule,rule-in-range,random,top:ifd
+          --size 1000 --seeds 5 --strategies rule,rule-in-range,random,top:ifd,kcenter
     """
     from instructmining.experiments.compare import (
         compare_strategies,

@@ -325,6 +325,14 @@ def generate_command(n: int, output_dir: Path, report: bool, quiet: bool, **opts
     help="Records (instances) selected per round; their tasks are the next machine pool.",
 )
 @click.option(
+    "--strategy",
+    default="rule",
+    show_default=True,
+    metavar="NAME",
+    help="How each round's records are selected: a strategy of `select --strategy` "
+    "(e.g. kcenter, random, rule+diverse:0.9); the rule's predictions are reported either way.",
+)
+@click.option(
     "-o",
     "--output-dir",
     type=click.Path(path_type=Path),
@@ -339,6 +347,7 @@ def loop_command(
     rounds: int,
     per_round: int,
     keep: int,
+    strategy: str,
     output_dir: Path,
     models: dict[str, str],
     device: str | None,
@@ -385,6 +394,7 @@ def loop_command(
             rounds=rounds,
             per_round=per_round,
             keep=keep,
+            strategy=strategy,
             machine_pool=run.pool,
             generator_settings=run.settings,
             models=models,

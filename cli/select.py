@@ -54,10 +54,11 @@ from instructmining.cli.options import (
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["rule", "random", "longest"]),
     default="rule",
     show_default=True,
-    help="Rank by the rule, or a baseline: random or longest output.",
+    metavar="NAME",
+    help="rule, rule-in-range, random, longest, top:IND, bottom:IND, kcenter or a plugin's; "
+    "NAME+diverse:COS re-ranks it (README, 'Selection strategies').",
 )
 @click.option(
     "--diversity",
@@ -93,7 +94,21 @@ from instructmining.cli.options import (
     metavar="COS",
     help="Duplicates also by cosine similarity >= COS in the rule's knn6 space (implies --dedup).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of a seeded strategy (random; kcenter without a rule).",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Also write DIR/index.html: pool and subset histograms, correlations, lowest and "
+    "highest records per indicator, indicator health.",
+)
 @click.option(
     "--cache",
     type=click.Path(path_type=Path),
@@ -150,6 +165,7 @@ def select_command(
     dedup: bool,
     dedup_semantic: float | None,
     seed: int,
+    report_dir: Path | None,
     cache: Path | None,
     no_cache: bool,
     models: dict[str, str],
@@ -186,7 +202,16 @@ def select_command(
     from instructmining.regression import load_rule
     from instructmining.selection import FittedRangeWarning, select_file
     from instructmining.selection.dedup import DedupSettings
+    from instructmining.selection.strategies import parse
 
+    chooser = parse(strategy, option="--strategy")
+
+    if report_dir is not None:
+        if size_mode == "auto":
+            raise click.UsageError("--report does not combine with --size auto")
+        from instructmining.indicators.report import check_report_dir
+
+        check_report_dir(report_dir, overwrite=overwrite)
     if size_mode == "auto":
         if exclude_eval or dedup or dedup_semantic is not None:
             raise click.UsageError(
@@ -209,14 +234,16 @@ def select_command(
             on_error,
             overwrite,
             quiet,
+            chooser=chooser,
+            seed=seed,
         )
         return
     if sum(x is not None for x in (k, fraction, max_predicted_loss)) != 1:
         raise click.UsageError(
             "give exactly one of -k, --fraction, --max-predicted-loss (or --size auto)"
         )
-    if strategy == "rule" and rule_spec is None:
-        raise click.UsageError("--strategy rule needs --rule RULE.json|paper-v1|paper-v3")
+    if chooser.needs_rule and rule_spec is None:
+        raise click.UsageError(f"--strategy {strategy} needs --rule RULE.json|paper-v1|paper-v3")
     try:
         rule = load_rule(rule_spec) if rule_spec is not None else None
     except KeyError as exc:
@@ -274,7 +301,7 @@ def select_command(
         click.echo(line)
     for message in chosen.range_warnings:
         click.echo(f"warning: {message}", err=True)
-    if rule is not None and strategy == "rule" and not chosen.range_check and rule.features:
+    if rule is not None and chooser.needs_rule and not chosen.range_check and rule.features:
         click.echo(
             f"note: the rule {rule.name!r} records no fitted range; the subset's indicator "
             "means were not checked against one",
@@ -282,6 +309,13 @@ def select_command(
         )
     if report.rejects_path is not None:
         click.echo(f"skipped {report.n_rejects} rows; reasons in {report.rejects_path}", err=True)
+    if report_dir is not None:
+        from instructmining.selection.report import write_select_report
+
+        page = write_select_report(
+            report, report_dir, rule=rule, models=models, source=data, overwrite=overwrite
+        )
+        click.echo(f"report -> {page}")
 
 
 def _size_search(
@@ -298,6 +332,9 @@ def _size_search(
     on_error: Any,
     overwrite: bool,
     quiet: bool,
+    *,
+    chooser: Any,
+    seed: int,
 ) -> None:
     from instructmining.experiments.size_search import size_search
     from instructmining.progress import progress_enabled
@@ -305,11 +342,11 @@ def _size_search(
     from instructmining.regression import load_rule
     from instructmining.writers import check_output, write_rows
 
-    if rule_spec is None or study_dir is None:
+    if study_dir is None or (rule_spec is None and chooser.needs_rule):
         raise click.UsageError("--size auto needs --rule and --study")
     out = check_output(output, overwrite=overwrite, inputs=[data])
     try:
-        rule = load_rule(rule_spec)
+        rule = load_rule(rule_spec) if rule_spec is not None else None
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="--rule") from None
     settings = run_settings(base_model, **training)
@@ -318,6 +355,8 @@ def _size_search(
         study_dir,
         pool,
         rule,
+        strategy=chooser,
+        seed=seed,
         budget=budget,
         min_size=min_size,
         settings=settings,

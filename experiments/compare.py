@@ -1,22 +1,16 @@
 """Does selection work? Finetune on subsets of one pool chosen by several strategies.
 
-Strategies (names as on the command line):
-
-- ``rule``: the rule's top K (lowest predicted loss);
-- ``rule-in-range``: the rule's ranking with the subset means kept inside the
-  rule's fitted range (`select(..., within_range=True)`);
-- ``random``: K records drawn with the seed;
-- ``longest``: the K longest outputs (the paper's length baseline);
-- ``top:IND`` / ``bottom:IND``: the K records with the highest / lowest value of
-  the study indicator IND (ties by record id, missing values last), e.g.
-  ``top:ifd`` is how Cherry LLM selects.
+Strategies are names of the selection registry (`selection.strategies`: rule,
+rule-in-range, random, longest, top:IND, bottom:IND, kcenter, plugins, each with an
+optional ``+diverse:COS``); here IND must be a study indicator, scored with the
+study's settings, and a strategy that can use the rule (kcenter's start) gets it.
 
 Every (strategy, seed) run is one finetuning + evaluation through the study
 runner, stored in a results store beside the study so that a killed comparison
-resumes. The seed changes the finetuning seed for every strategy and, for the
-random strategy, the subset too; the other subsets do not depend on it. Every
-subset is chosen before the first finetuning, so a strategy that cannot be
-applied stops the comparison before any training.
+resumes. The seed changes the finetuning seed for every strategy and, for a
+seeded strategy (random; kcenter without a rule), the subset too; the other
+subsets do not depend on it. Every subset is chosen before the first finetuning,
+so a strategy that cannot be applied stops the comparison before any training.
 
 Each run row records the subset's mean of every study indicator
 (``subset_mean_<indicator>``), scored on the subset as a set like a study
@@ -51,15 +45,13 @@ from instructmining.experiments.runner import (
 )
 from instructmining.experiments.store import ResultsStore
 from instructmining.experiments.study import MANIFEST, Study
+from instructmining.indicators.base import Indicator
 from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection import select
+from instructmining.selection.strategies import choices, parse
 from instructmining.writers import atomic_path, write_json, write_rows
 
-#: strategies named without an indicator
-FIXED_STRATEGIES = ("rule", "rule-in-range", "random", "longest")
-#: strategies that take a study indicator: PREFIX:IND
-INDICATOR_PREFIXES = ("top", "bottom")
 #: the default set
 STRATEGIES = ("rule", "random", "longest")
 #: the strategy every other one is paired with
@@ -80,38 +72,27 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     return mean, mean - half, mean + half
 
 
-def strategy_choices(indicators: Sequence[str]) -> str:
-    """The accepted strategy names, for messages and help."""
-    names = ", ".join(indicators) if indicators else "none in this study"
-    return f"{', '.join(FIXED_STRATEGIES)}, top:IND, bottom:IND (IND: {names})"
-
-
 def parse_strategies(names: Sequence[str], indicators: Sequence[str]) -> list[str]:
-    """Checked strategy names in the order given (repeats dropped); ParameterError otherwise.
+    """Canonical strategy names, checked, in the order given (repeats dropped).
 
-    `indicators` are the study's indicator names, the values IND of ``top:IND`` and
-    ``bottom:IND`` may take.
+    Names go through the strategy registry; `indicators` are the study's
+    indicator names, the only ones a strategy's columns (IND of ``top:IND``) may name.
     """
     out: list[str] = []
     for raw in names:
-        name = raw.strip()
-        if not name:
+        if not raw.strip():
             continue
-        prefix, sep, ind = name.partition(":")
-        if sep and prefix in INDICATOR_PREFIXES:
-            if ind not in indicators:
+        strategy = parse(raw, option="--strategies")
+        for column in strategy.columns():
+            if column not in indicators:
                 raise ParameterError(
-                    f"strategy {name!r}: {ind!r} is not an indicator of the study; choose from "
-                    f"{', '.join(indicators) or '(the study has none)'}"
+                    f"--strategies: strategy {strategy.name!r}: {column!r} is not an indicator "
+                    f"of the study; choose from {', '.join(indicators) or '(the study has none)'}"
                 )
-        elif name not in FIXED_STRATEGIES:
-            raise ParameterError(
-                f"unknown strategy {name!r}; choose from {strategy_choices(indicators)}"
-            )
-        if name not in out:
-            out.append(name)
+        if strategy.name not in out:
+            out.append(strategy.name)
     if not out:
-        raise ParameterError(f"no strategy given; choose from {strategy_choices(indicators)}")
+        raise ParameterError(f"--strategies: no strategy given; choose from {choices()}")
     return out
 
 
@@ -276,17 +257,6 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _ranked_subset(
-    records: Sequence[Record], values: np.ndarray, size: int, *, highest: bool
-) -> list[Record]:
-    """The `size` records with the highest (lowest) value, ties by record id, NaN last."""
-    from instructmining.selection.strategies import order_by_value
-
-    vals = np.asarray(values, dtype=np.float64)
-    order = order_by_value(-vals if highest else vals, records)
-    return [records[int(i)] for i in order[:size]]
-
-
 def choose_subset(
     strategy: str,
     records: Sequence[Record],
@@ -294,33 +264,29 @@ def choose_subset(
     *,
     size: int,
     seed: int,
-    pool_scores: Mapping[str, np.ndarray],
+    indicators: Sequence[Indicator] = (),
     models: Mapping[str, str] | None = None,
     cache: str | Path | None = None,
     progress: bool = False,
 ) -> list[Record]:
     """The subset one strategy picks from `records` (see the module docstring).
 
-    `pool_scores` holds the values over `records` of every indicator a ``top:`` or
-    ``bottom:`` strategy ranks by.
+    `indicators` (the study's) score the columns a strategy ranks by; the rule goes
+    to a strategy that uses it.
     """
-    prefix, sep, ind = strategy.partition(":")
-    if sep:
-        return _ranked_subset(records, pool_scores[ind], size, highest=prefix == "top")
-    in_range = strategy == "rule-in-range"
-    uses_rule = strategy == "rule" or in_range
-    chosen = select(
+    chosen = parse(strategy)
+    picked = select(
         records,
-        rule if uses_rule else None,
+        rule if chosen.uses_rule else None,
         k=size,
-        strategy="rule" if uses_rule else strategy,
-        within_range=in_range,
+        strategy=chosen,
         seed=seed,
+        indicators=indicators,
         models=models,
         cache=cache,
         progress=progress,
     )
-    return chosen.subset(records)
+    return picked.subset(records)
 
 
 @holds_study_lock("study compare")
@@ -346,16 +312,8 @@ def compare_strategies(
     study = Study(study_path)
     names = study_indicator_names(study)
     strategies = parse_strategies(strategies, names)
-    if "rule-in-range" in strategies:
-        from instructmining.selection.ranges import ranged_features
-        from instructmining.selection.select import rule_where
-
-        if not ranged_features(rule):
-            raise ParameterError(
-                f"strategy 'rule-in-range' needs the rule's fitted range, and "
-                f"{rule_where(rule)} records none (a rule fitted by `instructmining fit` "
-                "records it)"
-            )
+    for name in strategies:
+        parse(name).check(rule)  # e.g. rule-in-range needs the rule's fitted range
     # the manifest's stored settings are checked before any work (indicators.spec)
     indicators = [from_params(p, source=study.path / MANIFEST) for p in study.indicator_params]
     kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
@@ -389,19 +347,10 @@ def compare_strategies(
     ]
     # every subset and its means first: a strategy that cannot be applied stops before any
     # training, and a resumed comparison finds every score it needs in the cache
-    ranked_by = sorted({s.partition(":")[2] for s, _ in todo if ":" in s})
-    pool_scores: dict[str, np.ndarray] = {}
-    if ranked_by:
-        frame = score(
-            records,
-            [ind for ind in indicators if ind.name in ranked_by],
-            cache=study.cache_dir,
-            progress=progress,
-        )
-        pool_scores = {name: frame[name].to_numpy(dtype=np.float64) for name in ranked_by}
+    seeded = {name for name in strategies if parse(name).seed_matters(rule)}
     subsets: dict[tuple[str, int], list[Record]] = {}
     for strategy, seed in todo:
-        pick_seed = seed if strategy == "random" else 0
+        pick_seed = seed if strategy in seeded else 0
         if (strategy, pick_seed) not in subsets:
             subsets[(strategy, pick_seed)] = choose_subset(
                 strategy,
@@ -409,7 +358,7 @@ def compare_strategies(
                 rule,
                 size=size,
                 seed=pick_seed,
-                pool_scores=pool_scores,
+                indicators=indicators,
                 models=models,
                 cache=study.cache_dir,
                 progress=progress,
@@ -421,7 +370,7 @@ def compare_strategies(
         for pick, subset in subsets.items()
     }
     for strategy, seed in todo:
-        pick = (strategy, seed if strategy == "random" else 0)
+        pick = (strategy, seed if strategy in seeded else 0)
         subset = subsets[pick]
         run_id = f"{strategy}-seed{seed}"
         run_settings = replace(settings, train=replace(settings.train, seed=seed))

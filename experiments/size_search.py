@@ -1,6 +1,8 @@
-"""Search the subset size that minimises the evaluation loss of a rule-ranked pool.
+"""Search the subset size that minimises the evaluation loss of a ranked pool.
 
-The pool is ranked once by the rule; a size s means "finetune on the top s".
+The pool is ranked once by a strategy (default: the rule; any strategy whose
+choice of s records is the first s of its choice of more, see
+`Strategy.nested`); a size s means "finetune on the top s".
 Sizes are searched on a log scale within a budget of finetuning runs: half the
 budget on a log-spaced grid (the loss-vs-size curve can have several minima:
 the paper reports a double descent), the rest on a golden-section search
@@ -11,6 +13,7 @@ so an interrupted search resumes without re-running a size.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ from instructmining.experiments.study import Study
 from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection import select
+from instructmining.selection.strategies import Strategy, parse
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -104,8 +108,10 @@ def search_sizes(
 def size_search(
     study_path: str | Path,
     pool: Sequence[Record],
-    rule: Rule,
+    rule: Rule | None,
     *,
+    strategy: str | Strategy = "rule",
+    seed: int = 0,
     budget: int = 8,
     min_size: int = 100,
     max_size: int | None = None,
@@ -114,9 +120,20 @@ def size_search(
     progress: bool = False,
     on_result: Callable[[int, float], None] | None = None,
 ) -> SizeSearch:
-    """Rank `pool` by `rule` and search the best top-s size (see the module docstring)."""
+    """Rank `pool` by `strategy` (with `rule` and `seed`) and search the best top-s size.
+
+    See the module docstring; a strategy whose choices are not nested (rule-in-range)
+    is refused.
+    """
     import pandas as pd
 
+    ranker = parse(strategy, option="--strategy")
+    if not ranker.nested:
+        raise ParameterError(
+            f"--strategy {ranker.name}: its subsets of different sizes are not nested, so "
+            "the size search cannot rank the pool once with it; choose a ranking strategy"
+        )
+    ranker.check(rule)
     study = Study(study_path)
     kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
     records = kept["pool"]
@@ -125,11 +142,26 @@ def size_search(
     low = min(max(1, min_size), high)
     if high < 1:
         raise DataError("the pool is empty after removing records that overlap D_eval")
-    ranked = select(records, rule, k=n, models=models, cache=study.cache_dir).subset(records)
+    with warnings.catch_warnings():  # a +diverse:COS ranking keeps fewer than n: expected
+        warnings.filterwarnings("ignore", message="the diversity threshold")
+        ranked = select(
+            records,
+            rule if ranker.uses_rule else None,
+            k=n,
+            strategy=ranker,
+            seed=seed,
+            models=models,
+            cache=study.cache_dir,
+        ).subset(records)
+    high = min(high, len(ranked))  # a +diverse:COS ranking may keep fewer records
+    low = min(low, high)
     base = prepare_base(study, settings, progress=progress)
     settings = resolve_settings(settings, base)
     key = _fingerprint(
-        [r.id for r in ranked], rule.to_dict(), settings.base_model, settings.train.key()
+        [r.id for r in ranked],
+        rule.to_dict() if rule is not None else None,
+        settings.base_model,
+        settings.train.key(),
     )
     folder = study.path / "size_search" / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,7 +206,8 @@ def size_search(
             "range": [low, high],
             "best_size": best,
             "best_loss": losses[best],
-            "rule": rule.name,
+            "strategy": ranker.name,
+            "rule": rule.name if rule is not None else None,
             "base_model": settings.base_model,
         },
         folder / "search.json",

@@ -1,8 +1,9 @@
 """The closed loop: generate → score → select → generate, one folder per round.
 
 Each round runs the Self-Instruct generator (`round_N/`), scores its records with
-the rule's indicators, keeps the `keep` records with the lowest predicted loss and
-makes them the next round's machine pool. Rounds already finished are reused on a
+the rule's indicators, keeps the `keep` records the selection strategy picks (by
+default the rule's: the lowest predicted loss; any name of `selection.strategies`)
+and makes them the next round's machine pool. Rounds already finished are reused on a
 rerun; an unfinished round resumes inside the generator.
 
 Files: ``round_N/`` (the generator's files plus ``selected.jsonl`` and
@@ -68,12 +69,18 @@ def run_loop(
     device: str | None = None,
     batch_size: int | None = None,
     seed: int = 42,
+    strategy: str = "rule",
     progress: bool = False,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
-    """Run `rounds` rounds of generate → score → select; returns per-round statistics."""
+    """Run `rounds` rounds of generate → score → select; returns per-round statistics.
+
+    `strategy` (a selection strategy name, seeded with `seed`) picks the `keep`
+    records; the rule's predictions are computed and reported whatever it is.
+    """
     from instructmining.readers import read_records
     from instructmining.selection import rule_indicators, select
+    from instructmining.selection.strategies import parse
     from instructmining.writers import write_json, write_rows
 
     for name, value in (("rounds", rounds), ("per_round", per_round), ("keep", keep)):
@@ -81,6 +88,8 @@ def run_loop(
             raise ValueError(
                 f"The '{name}' parameter of run_loop must be >= 1. Got {value} instead."
             )
+    chooser = parse(strategy, option="--strategy")
+    chooser.check(rule)
     # fail before paying for generation when a checkpoint the rule needs is missing
     rule_indicators(rule, models=models, device=device, batch_size=batch_size)
     out = Path(out_dir)
@@ -93,13 +102,15 @@ def run_loop(
         "seed": seed,
         "generator": dict(generator_settings or {}),
     }
+    if chooser.name != "rule":  # absent for the rule: loops written before it resume
+        settings["strategy"] = chooser.name
     state_path = out / STATE_FILE
     done: list[dict[str, Any]] = []
     if state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
         if state.get("settings") != settings:
             old = state.get("settings", {})
-            diff = sorted(k for k in settings if old.get(k) != settings[k])
+            diff = sorted(k for k in {*settings, *old} if old.get(k) != settings.get(k))
             raise InputError(
                 f"{out}: holds a loop run with other settings (differs in: {', '.join(diff)}); "
                 "use another output folder or the same settings"
@@ -129,6 +140,9 @@ def run_loop(
             records,
             rule,
             k=k,
+            strategy=chooser,
+            seed=seed,
+            score_rule=True,
             models=models,
             device=device,
             batch_size=batch_size,

@@ -13,13 +13,16 @@ from instructmining.selection.select import (
     rule_indicators,
     select,
 )
+from instructmining.selection.strategies import ScoredPool, Strategy
 
 __all__ = [
     "FittedRangeWarning",
     "MissingIndicatorError",
     "RangeInfeasibleError",
+    "ScoredPool",
     "SelectReport",
     "Selection",
+    "Strategy",
     "rule_indicators",
     "select",
     "select_file",

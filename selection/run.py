@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from instructmining.readers import OnError, read_records
+from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection.contamination import (
     ContaminationReport,
@@ -17,7 +18,7 @@ from instructmining.selection.contamination import (
 )
 from instructmining.selection.select import (
     Selection,
-    check_within_range,
+    resolve_strategy,
     rule_settings,
     select,
 )
@@ -37,6 +38,8 @@ class SelectReport:
     n_rejects: int = 0
     #: what --exclude-eval found (records dropped before ranking), when asked
     contamination: ContaminationReport | None = None
+    #: the records ranked (the pool after --exclude-eval), aligned with `selection.scores`
+    pool: list[Record] = field(default_factory=list)
 
     @property
     def n_excluded(self) -> int:
@@ -77,10 +80,15 @@ def select_file(
     (`contamination.find_contamination` with `contamination` settings) are dropped
     before ranking; `SelectReport.contamination` says which and why.
     """
-    if rule is not None and options.get("strategy", "rule") == "rule":
-        rule_settings(rule)  # a refused setting in the rule fails before any data is read
-    if options.get("within_range"):
-        check_within_range(rule, strategy=options.get("strategy", "rule"))
+    # an unknown strategy, a missing rule or a refused setting in it fail before any data is read
+    _, strategy = resolve_strategy(
+        options.get("strategy", "rule"),
+        rule,
+        diversity=options.get("diversity"),
+        within_range=bool(options.get("within_range")),
+    )
+    if rule is not None and strategy.uses_rule:
+        rule_settings(rule)
     out = check_output(output, overwrite=overwrite, inputs=[data])
     scores_path = (
         check_output(scores_out, overwrite=overwrite, inputs=[data])
@@ -125,6 +133,7 @@ def select_file(
         rejects,
         len(result.rejects),
         found,
+        pool,
     )
     write_json(
         {

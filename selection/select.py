@@ -15,7 +15,10 @@ The rule only knows the span of mean indicator values it was fitted on
 against that span, with a FittedRangeWarning for each one outside;
 ``within_range`` chooses a subset that stays inside (see `ranges.within_range_subset`).
 Like ``diversity`` it is a constraint on how the subset is taken from the rule's
-ordering, not an ordering of its own, so it is an option of the rule strategy.
+ordering, not an ordering of its own: the option and the strategy ``rule-in-range``
+are the same thing, as ``diversity`` and ``+diverse:COS`` are. Which records a
+strategy picks is the strategy's business (`strategies`); this module scores the
+pool for it, drops duplicates, and reports.
 """
 
 from __future__ import annotations
@@ -38,19 +41,21 @@ from instructmining.indicators.spec import check_backend, check_params
 from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection.dedup import DedupSettings, find_duplicates, keepers
-from instructmining.selection.diversity import diverse_prefix
 from instructmining.selection.ranges import (
     FittedRangeWarning,
     check_messages,
     check_subset,
     ranged_features,
-    within_range_subset,
 )
 from instructmining.selection.strategies import (
-    STRATEGIES,
-    longest_order,
-    order_by_value,
-    random_order,
+    Diverse,
+    RuleInRange,
+    ScoredPool,
+    Strategy,
+    checked_choice,
+    parse,
+    rule_order,
+    rule_where,
 )
 
 
@@ -82,11 +87,6 @@ class Selection:
     def subset(self, records: Sequence[Record]) -> list[Record]:
         """The selected records, in selection order."""
         return [records[i] for i in self.indices]
-
-
-def rule_where(rule: Rule) -> str:
-    """How errors name a rule: its file, else its name."""
-    return rule.source or f"rule {rule.name!r}"
 
 
 def rule_settings(rule: Rule) -> dict[str, dict[str, Any]]:
@@ -122,6 +122,39 @@ def check_within_range(rule: Rule | None, *, strategy: str = "rule") -> None:
             f"'within_range' needs the rule's fitted range, and {rule_where(rule)} records "
             "none (a rule fitted by `instructmining fit` records it)."
         )
+
+
+def resolve_strategy(
+    strategy: str | Strategy,
+    rule: Rule | None,
+    *,
+    diversity: float | None = None,
+    within_range: bool = False,
+) -> tuple[Strategy, Strategy]:
+    """(the strategy named, the one that runs): `within_range` and `diversity` applied, checked.
+
+    `within_range` turns ``rule`` into ``rule-in-range``; `diversity` adds the
+    ``+diverse:COS`` re-ranking. Refuses, before any work, a strategy that needs a
+    rule without one, or a rule without the fitted range ``rule-in-range`` needs.
+    """
+    named = parse(strategy, option="the 'strategy' parameter")
+    chosen = named
+    if within_range and not isinstance(named, RuleInRange):
+        check_within_range(rule, strategy=named.name)
+        if diversity is not None:
+            raise ParameterError(
+                "'within_range' takes k or fraction and does not combine with 'diversity' "
+                "or 'max_predicted_loss'."
+            )
+        chosen = RuleInRange()
+    if diversity is not None:
+        if isinstance(chosen, Diverse):
+            raise ParameterError(
+                f"strategy {named.name!r} has a diversity threshold already; drop 'diversity'"
+            )
+        chosen = Diverse(chosen, diversity)
+    chosen.check(rule)
+    return named, chosen
 
 
 def rule_indicators(
@@ -206,11 +239,13 @@ def select(
     k: int | None = None,
     fraction: float | None = None,
     max_predicted_loss: float | None = None,
-    strategy: str = "rule",
+    strategy: str | Strategy = "rule",
     diversity: float | None = None,
     within_range: bool = False,
     dedup: DedupSettings | None = None,
     seed: int = 0,
+    indicators: Sequence[Indicator] | None = None,
+    score_rule: bool = False,
     models: Mapping[str, str] | None = None,
     device: str | None = None,
     batch_size: int | None = None,
@@ -219,34 +254,36 @@ def select(
 ) -> Selection:
     """Rank `records` and keep the best `k` / `fraction` / those under `max_predicted_loss`.
 
-    `strategy` "rule" ranks by the rule's predicted log loss (lower is better; ties
-    by record id); "random" and "longest" are the paper's baselines and need no rule.
-    `diversity` (a cosine threshold) rejects a record too similar to one already kept,
-    in the embedding space of the rule's ``knn6`` configuration (TF-IDF + SVD offline).
-    `within_range` (rule strategy, with `k` or `fraction`) keeps every subset mean of
-    a rule indicator inside the rule's fitted range by swapping records of the top k
-    (`ranges.within_range_subset`); RangeInfeasibleError when it finds no such subset.
+    `strategy` is a name of the strategy registry (`strategies.parse`): "rule" ranks
+    by the rule's predicted log loss (lower is better; ties by record id); "random"
+    and "longest" are the paper's baselines and need no rule; ``top:IND`` and
+    ``bottom:IND`` score IND with the configuration given in `indicators` (a
+    study's), else the profile's; "kcenter" covers the knn6 embedding space.
+    `diversity` (a cosine threshold; the same as ``+diverse:COS``) rejects a record too
+    similar to one already kept, in the embedding space of the rule's ``knn6``
+    configuration (TF-IDF + SVD offline), which kcenter and semantic dedup use too.
+    `within_range` (rule strategy, with `k` or `fraction`; the same as
+    ``rule-in-range``) keeps every subset mean of a rule indicator inside the rule's
+    fitted range by swapping records of the top k (`ranges.within_range_subset`);
+    RangeInfeasibleError when it finds no such subset.
     `dedup` keeps one record per duplicate cluster (`dedup.find_duplicates`) before
-    choosing: the best by the rule with the rule strategy, else the lowest id; `k`
-    and `fraction` count the records left, and the scores' `duplicate_of` names the
-    kept record of each dropped one (dropped records rank last).
+    choosing: the best by the rule with a strategy that needs the rule, else the
+    lowest id; `k` and `fraction` count the records left, and the scores'
+    `duplicate_of` names the kept record of each dropped one (dropped records rank last).
+    The pool is scored with the rule when the strategy uses it, or with `score_rule`.
 
-    With the rule strategy, each rule indicator whose subset mean lies outside the
-    rule's fitted range gives a FittedRangeWarning, also kept in
+    With a strategy that needs the rule, each rule indicator whose subset mean lies
+    outside the rule's fitted range gives a FittedRangeWarning, also kept in
     `Selection.range_warnings` (`Selection.range_check` has every mean and range).
     """
     import pandas as pd
 
-    if strategy not in STRATEGIES:
-        raise ParameterError(
-            f"The 'strategy' parameter must be one of {', '.join(STRATEGIES)}. "
-            f"Got {strategy!r} instead."
-        )
+    named = parse(strategy, option="the 'strategy' parameter")
     n = len(records)
     if n == 0:
         raise ParameterError("The pool is empty: nothing to select from.")
     size = subset_size(n, k=k, fraction=fraction)
-    if max_predicted_loss is not None and (size is not None or strategy != "rule"):
+    if max_predicted_loss is not None and (size is not None or named.base.key != "rule"):
         raise ParameterError("'max_predicted_loss' works alone, with the rule strategy.")
     if max_predicted_loss is not None and not (
         math.isfinite(max_predicted_loss) and max_predicted_loss > 0
@@ -256,95 +293,90 @@ def select(
         )
     if size is None and max_predicted_loss is None:
         raise ParameterError("Say how many records to keep: k, fraction or max_predicted_loss.")
-    if strategy == "rule" and rule is None:
-        raise ParameterError("The rule strategy needs a rule.")
-    if within_range:
-        check_within_range(rule, strategy=strategy)
-        if diversity is not None or size is None:
-            raise ParameterError(
-                "'within_range' takes k or fraction and does not combine with 'diversity' "
-                "or 'max_predicted_loss'."
-            )
+    if within_range and size is None:
+        raise ParameterError(
+            "'within_range' takes k or fraction and does not combine with 'diversity' "
+            "or 'max_predicted_loss'."
+        )
+    named, chosen_strategy = resolve_strategy(
+        named, rule, diversity=diversity, within_range=within_range
+    )
 
-    embeddings: np.ndarray | None = None
+    embedded: list[np.ndarray] = []
+
+    def embed() -> np.ndarray:
+        if not embedded:
+            embedded.append(_embeddings(records, rule, indicators))
+        return embedded[0]
+
     dups = None
     if dedup is not None:
-        if dedup.semantic is not None:
-            embeddings = _embeddings(records, rule)
         from instructmining.progress import progress_bar
 
         with progress_bar(n, "duplicates", enabled=progress) as bar:
-            dups = find_duplicates(records, dedup, embeddings=embeddings, on_progress=bar.update)
+            dups = find_duplicates(
+                records,
+                dedup,
+                embeddings=embed() if dedup.semantic is not None else None,
+                on_progress=bar.update,
+            )
         if size is not None:
             size = subset_size(n - dups.n_duplicates, k=k, fraction=fraction)
 
     ids = [r.id for r in records]
     frame = pd.DataFrame({"id": ids})
-    if strategy == "rule":
+    ranked_by_rule = rule is not None and (chosen_strategy.uses_rule or score_rule)
+    if ranked_by_rule:
         assert rule is not None
-        indicators = rule_indicators(rule, models=models, device=device, batch_size=batch_size)
-        scored = score(records, indicators, cache=cache, progress=progress)
-        for col in scored.columns[1:]:
+        _score_rule(records, rule, frame, models, device, batch_size, cache, progress)
+    wanted = [c for c in chosen_strategy.columns() if c not in frame.columns]
+    if wanted:
+        built = _column_indicators(chosen_strategy, wanted, indicators, models, device, batch_size)
+        try:
+            scored = score(records, built, cache=cache, progress=progress)
+        except InstructMiningError:
+            raise
+        except ValueError as exc:  # e.g. ifd without a model under the lite profile
+            raise ParameterError(
+                f"strategy {chosen_strategy.name!r}: {exc} (--model {wanted[0]}=NAME_OR_PATH)"
+            ) from None
+        for col in wanted:
             frame[col] = scored[col].to_numpy()
-        eta = rule.linear_predictor(frame)
-        frame["predicted_log_loss" if rule.target_transform == "log" else "predicted_loss"] = eta
-        if rule.target_transform == "log":
-            frame["predicted_loss"] = np.exp(eta)
-        n_nan = int(np.isnan(eta).sum())
-        if n_nan:
-            warnings.warn(
-                f"{n_nan} records have no prediction (an indicator is NaN); they are ranked last",
-                stacklevel=2,
-            )
-        order = order_by_value(eta, records)
-    elif strategy == "random":
-        order = random_order(records, seed)
-    else:
-        order = longest_order(records)
+    pool = ScoredPool(records, frame, rule if ranked_by_rule else None, seed, embed)
+
     duplicate_of: dict[int, int] = {}
-    dropped_tail = np.empty(0, dtype=np.int64)
+    kept = np.arange(n, dtype=np.int64)
+    dropped = np.empty(0, dtype=np.int64)
     if dups is not None:
-        duplicate_of = keepers(dups.clusters, records, order if strategy == "rule" else None)
-        gone = np.isin(order, list(duplicate_of))
-        order, dropped_tail = order[~gone], order[gone]
+        by_rule = rule_order(pool) if chosen_strategy.needs_rule else None
+        duplicate_of = keepers(dups.clusters, records, by_rule)
+        gone = np.zeros(n, dtype=bool)
+        gone[list(duplicate_of)] = True
+        kept, dropped = np.flatnonzero(~gone), np.flatnonzero(gone)
         frame["duplicate_of"] = [
             ids[duplicate_of[i]] if i in duplicate_of else None for i in range(n)
         ]
+    candidates = pool.subset(kept) if dups is not None else pool
 
     if max_predicted_loss is not None:
         predicted = frame["predicted_loss"].to_numpy()
-        size = int(np.sum(predicted[order] <= max_predicted_loss))
+        size = int(np.sum(predicted[kept] <= max_predicted_loss))
         if size == 0:
             raise ParameterError(
                 f"no record has a predicted loss <= {max_predicted_loss}; the lowest is "
                 f"{np.nanmin(predicted):.4g}"
             )
-    rejected = swaps = 0
-    if diversity is not None:
-        if embeddings is None:
-            embeddings = _embeddings(records, rule)
-        chosen, rejected = diverse_prefix(order, embeddings, diversity, size)
-        if size is not None and len(chosen) < size:
-            warnings.warn(
-                f"the diversity threshold {diversity} leaves only {len(chosen)} of the "
-                f"{size} records asked for",
-                stacklevel=2,
-            )
-    elif within_range:
-        assert rule is not None and size is not None
-        names = ranged_features(rule)
-        chosen, swaps = within_range_subset(
-            order,
-            frame[names].to_numpy(dtype=np.float64),
-            [rule.ranges[name]["min"] for name in names],
-            [rule.ranges[name]["max"] for name in names],
-            size,
-            names,
-        )
-    else:
-        chosen = order[:size]
+    picked = checked_choice(
+        chosen_strategy, chosen_strategy.choose(candidates, size), len(kept), size
+    )
+    chosen = kept[picked]
+    order = kept[chosen_strategy.ranking(candidates, picked)]
+    dropped_tail = np.empty(0, dtype=np.int64)
+    if len(dropped):
+        tail = pool.subset(dropped)
+        dropped_tail = dropped[chosen_strategy.ranking(tail, np.empty(0, dtype=np.int64))]
     check: dict[str, dict[str, Any]] = {}
-    if strategy == "rule":
+    if chosen_strategy.needs_rule:
         assert rule is not None
         check = check_subset(rule, frame, chosen)
     messages = check_messages(check)
@@ -356,12 +388,12 @@ def select(
     frame["selected"] = False
     frame.loc[chosen, "selected"] = True
     settings = {
-        "strategy": strategy,
+        "strategy": named.name,
         "k": k,
         "fraction": fraction,
         "max_predicted_loss": max_predicted_loss,
-        "diversity": diversity,
-        "within_range": within_range,
+        "diversity": chosen_strategy.threshold if isinstance(chosen_strategy, Diverse) else None,
+        "within_range": isinstance(chosen_strategy.base, RuleInRange),
         "dedup": dedup.to_dict() if dedup is not None else None,
         "seed": seed,
         "rule": rule.name if rule is not None else None,
@@ -369,22 +401,85 @@ def select(
     return Selection(
         chosen,
         frame,
-        strategy,
+        named.name,
         settings,
-        rejected,
+        int(candidates.notes.get("rejected_for_diversity", 0)),
         range_check=check,
         range_warnings=messages,
-        range_swaps=swaps,
+        range_swaps=int(candidates.notes.get("range_swaps", 0)),
         duplicates_dropped=len(duplicate_of),
         duplicate_clusters=len(dups.clusters) if dups is not None else 0,
     )
 
 
-def _embeddings(records: Sequence[Record], rule: Rule | None) -> np.ndarray:
-    """L2-normalised embeddings from the rule's knn6 configuration (offline TF-IDF by default)."""
-    params = (rule.indicators.get("knn6") if rule is not None else None) or {"name": "knn6"}
-    where = rule_where(rule) if rule is not None else None
-    knn = from_params(params, source=where, name="knn6")
+def _score_rule(
+    records: Sequence[Record],
+    rule: Rule,
+    frame: Any,
+    models: Mapping[str, str] | None,
+    device: str | None,
+    batch_size: int | None,
+    cache: str | Path | None,
+    progress: bool,
+) -> None:
+    """Add the rule's indicators and its prediction to `frame` (warning about NaN ones)."""
+    indicators = rule_indicators(rule, models=models, device=device, batch_size=batch_size)
+    scored = score(records, indicators, cache=cache, progress=progress)
+    for col in scored.columns[1:]:
+        frame[col] = scored[col].to_numpy()
+    eta = rule.linear_predictor(frame)
+    frame["predicted_log_loss" if rule.target_transform == "log" else "predicted_loss"] = eta
+    if rule.target_transform == "log":
+        frame["predicted_loss"] = np.exp(eta)
+    n_nan = int(np.isnan(eta).sum())
+    if n_nan:
+        warnings.warn(
+            f"{n_nan} records have no prediction (an indicator is NaN); they are ranked last",
+            stacklevel=3,
+        )
+
+
+def _column_indicators(
+    strategy: Strategy,
+    names: Sequence[str],
+    given: Sequence[Indicator] | None,
+    models: Mapping[str, str] | None,
+    device: str | None,
+    batch_size: int | None,
+) -> list[Indicator]:
+    """The indicators a strategy's columns are scored with: those `given`, else the profile's."""
+    from instructmining.indicators import profiles
+
+    by_name = {ind.name: ind for ind in given or ()}
+    out = [by_name[name] for name in names if name in by_name]
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        try:
+            plan = profiles.build(
+                names=missing, models=dict(models or {}), device=device, batch_size=batch_size
+            )
+        except KeyError as exc:
+            raise ParameterError(f"strategy {strategy.name!r}: {exc.args[0]}") from None
+        out += plan.indicators
+    return out
+
+
+def _embeddings(
+    records: Sequence[Record], rule: Rule | None, given: Sequence[Indicator] | None = None
+) -> np.ndarray:
+    """L2-normalised embeddings in the knn6 space: the rule's configuration, else the one
+    `given` (a study's), else the default (offline TF-IDF + SVD)."""
+    params = rule.indicators.get("knn6") if rule is not None else None
+    if params:
+        assert rule is not None
+        knn = from_params(params, source=rule_where(rule), name="knn6")
+    else:
+        knn = next((ind for ind in given or () if ind.name == "knn6"), None) or from_params(
+            {"name": "knn6"}, name="knn6"
+        )
     if not isinstance(knn, KNN):
-        raise ParameterError("--diversity needs the built-in knn6 indicator's embeddings")
+        raise ParameterError(
+            "--diversity, kcenter and semantic dedup need the built-in knn6 indicator's "
+            "embeddings; a plugin took the name knn6"
+        )
     return np.asarray(knn.embed(records), dtype=np.float64)
