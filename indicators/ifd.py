@@ -40,6 +40,8 @@ class IFD(Indicator):
     direction = "higher = the instruction helps less to predict the response"
     needs_model = True
     backends = ("causal-lm",)
+    #: no model-free fallback: `profiles.build` refuses it without a model, before any work
+    needs_model = True
     model_role = TOKEN_SCORER
     runtime_settings = ("device", "token_budget")
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from instructmining.errors import ParameterError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.registry import indicator_class, registered
 
@@ -195,6 +196,12 @@ def build(
             if runtime.get(key) is not None and _accepts(cls, key):
                 kwargs[key] = runtime[key]
         ind = cls(**kwargs)
+        if getattr(cls, "needs_model", False) and not getattr(ind, "model", None):
+            raise ParameterError(
+                f"{name} needs a model and the {chosen} profile gives it none: pass "
+                f"--model {name}=NAME_OR_PATH (e.g. {LOCAL_MODELS.get(name, 'a checkpoint')}) "
+                "or use --profile local"
+            )
         if check_models:
             _check_model(ind)
         built.append(ind)

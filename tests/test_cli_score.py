@@ -131,3 +131,14 @@ def test_real_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(pd.read_csv(out)) == len(EXAMPLE.read_text().splitlines())
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_an_indicator_without_a_model_in_its_profile_is_refused_before_work(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "Say hi.", "output": "Hi!"}\n')
+    out = tmp_path / "s.jsonl"
+    result = CliRunner().invoke(main, ["score", str(data), "-o", str(out), "-i", "ifd"])
+    assert result.exit_code == 2, result.output
+    assert "ifd needs a model and the lite profile gives it none" in result.output
+    assert "--model ifd=NAME_OR_PATH" in result.output and "Traceback" not in result.output
+    assert not out.exists()
