@@ -209,7 +209,7 @@ class Comparison:
         for r in self.per_strategy():
             lines.append(
                 f"| {r['strategy']} | {r['runs']} | {r['mean_loss']:.4f} | "
-                f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}] |"
+                f"{_interval(r['ci_low'], r['ci_high'], '.4f')} |"
             )
         columns = self.mean_columns()
         if columns:
@@ -247,9 +247,16 @@ class Comparison:
             for r in rows:
                 lines.append(
                     f"| {r['difference']} | {r['pairs']} | {r['mean']:+.4f} | "
-                    f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['wins']}/{r['pairs']} |"
+                    f"{_interval(r['ci_low'], r['ci_high'], '+.4f')} | {r['wins']}/{r['pairs']} |"
                 )
         return "\n".join(lines) + "\n"
+
+
+def _interval(low: float, high: float, spec: str) -> str:
+    """`[low, high]`, or a note that one run gives no interval."""
+    if math.isnan(low) or math.isnan(high):
+        return "n/a (needs 2 seeds)"
+    return f"[{low:{spec}}, {high:{spec}}]"
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -50,6 +50,8 @@ def test_paired_differences():
     assert row["mean"] == pytest.approx(np.mean([-0.2, -0.05, -0.1]))
     assert row["wins"] == 3
     assert "| rule | 3 |" in Comparison(runs, Path(".")).markdown()
+    one = Comparison(runs[runs["seed"] == 0], Path(".")).markdown()
+    assert "n/a (needs 2 seeds)" in one and "nan" not in one
 
 
 def test_grid_sizes_are_log_spaced_and_distinct():
