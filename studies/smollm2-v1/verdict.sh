@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# After run.sh has finished every candidate: fit the rule on the main configuration,
+# then judge it on the unseen pool (dolly_3k) against the baselines, 5 seeds each.
+# Resumable like run.sh: compare skips the runs its folder already holds.
+set -euo pipefail
+cd "$(dirname "$0")"
+IM=${IM:-instructmining}
+D=../../../shared/data
+BASE=smollm2-135m-instruct
+[ -f fit/rule.json ] || $IM study fit .   # fit/rule.json, fit/report.md, fit/results.csv
+$IM study compare . --pool $D/pools/dolly_3k.json --rule fit/rule.json --size 256 --seeds 5 \
+    --strategies rule,rule-in-range,random,longest,top:ifd --base-model $BASE
