@@ -108,8 +108,26 @@ def check_checkpoint(spec: str, option: str) -> None:
     A path that does not exist, a file, an empty folder, a folder without
     config.json or weights, a JSON file that does not parse or a truncated
     .safetensors file: ParameterError (exit 2) naming `option` and the path.
-    Hub ids and catalogue names are left to the model loader.
+    Hub ids and catalogue names are left to the model loader; `gguf:FILE` must name
+    a file; a plugin's scheme is left to the plugin.
     """
+    from instructmining.models.backends import NON_NEURAL, split_scheme
+
+    if spec in NON_NEURAL:
+        return
+    target = split_scheme(spec)
+    if target != spec:  # a registered scheme prefix
+        scheme = spec[: len(spec) - len(target) - 1].lower()
+        if scheme == "gguf":
+            if not Path(target).expanduser().is_file():
+                raise ParameterError(
+                    f"{option}: GGUF file '{target}' does not exist; write gguf:PATH with the "
+                    "path of a .gguf file"
+                )
+            return
+        if scheme not in ("hf", "st"):
+            return
+        spec = target
     path = Path(spec).expanduser()
     if not path.exists():
         # hub ids are "name" or "org/name"; anything else is meant as a path

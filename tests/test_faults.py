@@ -540,3 +540,22 @@ def test_device_and_dtype_a_machine_cannot_serve_are_input_errors(
         with pytest.raises(InstructMiningError, match=says) as info:
             call()
         assert info.value.exit_code == 2
+
+
+def test_command_line_checkpoint_check_reads_model_schemes(tmp_path: Path) -> None:
+    from instructmining.cli.options import check_checkpoint
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    check_checkpoint(f"gguf:{gguf}", "--model perplexity")  # a file: left to the loader
+    check_checkpoint("tfidf-svd", "--model knn6")
+    check_checkpoint("st:sentence-transformers/all-MiniLM-L6-v2", "--model knn6")  # hub id
+    with pytest.raises(InstructMiningError, match=r"GGUF file .* does not exist") as info:
+        check_checkpoint(f"gguf:{tmp_path / 'none.gguf'}", "--model perplexity")
+    assert info.value.exit_code == 2
+    with pytest.raises(InstructMiningError, match=r"checkpoint path '/nowhere/m' does not exist"):
+        check_checkpoint("st:/nowhere/m", "--model knn6")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InstructMiningError, match="empty folder"):
+        check_checkpoint(f"hf:{empty}", "--model perplexity")
