@@ -41,7 +41,7 @@ class IFD(Indicator):
     needs_model = True
     backends = ("causal-lm",)
     #: no model-free fallback: `profiles.build` refuses it without a model, before any work
-    needs_model = True
+    requires_model = True
     model_role = TOKEN_SCORER
     runtime_settings = ("device", "token_budget")
 

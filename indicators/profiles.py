@@ -196,7 +196,9 @@ def build(
             if runtime.get(key) is not None and _accepts(cls, key):
                 kwargs[key] = runtime[key]
         ind = cls(**kwargs)
-        if getattr(cls, "needs_model", False) and not getattr(ind, "model", None):
+        # knn6 and perplexity also "need a model" for the paper, but have model-free
+        # backends (tfidf-svd, ngram); only an indicator without one is refused here
+        if getattr(cls, "requires_model", False) and not getattr(ind, "model", None):
             raise ParameterError(
                 f"{name} needs a model and the {chosen} profile gives it none: pass "
                 f"--model {name}=NAME_OR_PATH (e.g. {LOCAL_MODELS.get(name, 'a checkpoint')}) "
