@@ -238,7 +238,8 @@ def score_command(
     if report.rejects_path is not None:
         click.echo(f"skipped {report.n_rejects} rows; reasons in {report.rejects_path}", err=True)
     for name, how in report.computed_by.items():
-        click.echo(f"{name}: {how}")
+        search = report.runs.get(name, {}).get("neighbours")
+        click.echo(f"{name}: {how}" + (f"; {search['text']}" if search else ""))
     for name, reason in report.left_out.items():
         click.echo(f"left out {name}: {reason}")
     computed = sum(r["computed"] for r in report.runs.values())

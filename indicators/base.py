@@ -100,6 +100,14 @@ class Indicator(abc.ABC):
         blob = json.dumps(self.params(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def expect(self, n_records: int) -> None:
+        """Told how many records the next `score` call gets, before `params()` keys its cache.
+
+        Only an indicator whose configuration depends on the set's size needs it
+        (knn6 picks its neighbour search by size); the default does nothing.
+        """
+        return None
+
     def set_dependent(self) -> bool:
         """True when a record's value depends on the other records scored with it."""
         return self.dataset_level

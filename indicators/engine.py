@@ -82,17 +82,22 @@ class IndicatorRun:
     cached: int = 0
     seconds: float = 0.0
     truncated: int = 0
+    #: the neighbour search a set-level indicator ran (index, recall, sampled, note), if any
+    neighbours: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON summaries)."""
         rate = self.computed / self.seconds if self.computed and self.seconds > 0 else None
-        return {
+        out: dict[str, Any] = {
             "computed": self.computed,
             "cached": self.cached,
             "seconds": round(self.seconds, 4),
             "records_per_s": None if rate is None else round(rate, 1),
             "truncated": self.truncated,
         }
+        if self.neighbours is not None:
+            out["neighbours"] = dict(self.neighbours)
+        return out
 
 
 def _open_cache(cache: str | Path | ScoreCache | None) -> tuple[ScoreCache | None, bool]:
@@ -170,6 +175,7 @@ def _score_one(
     n = len(records)
     run = IndicatorRun()
     start_time = time.perf_counter()
+    ind.expect(n)  # before the cache key: knn6's search (and key) depends on the set's size
     key = ""
     if store is not None:
         key = cache_key(ind, keys)
@@ -193,6 +199,7 @@ def _score_one(
             values = _check(ind, ind.score(records), n)
             truncated, extra = _truncation(ind, n)
             run.truncated += extra
+            run.neighbours = getattr(ind, "neighbours_", None)
             run.computed, run.cached = n, 0
             if store is not None:
                 store.put(key, keys, values, truncated)

@@ -16,45 +16,20 @@ from instructmining.indicators.base import Indicator
 from instructmining.indicators.registry import register
 from instructmining.models.backends import TFIDF_SVD, load, parse
 from instructmining.models.roles import EMBEDDER
+from instructmining.neighbours import (
+    check_index,
+    kth_neighbor_distance,
+    kth_neighbours,
+    resolve_index,
+)
 from instructmining.records import Record, content_id
 
-_BLOCK = 1024  # query rows per distance block: bounds memory at 1024 x n doubles
+__all__ = ["KNN", "example_text", "kth_neighbor_distance"]
 
 
 def example_text(record: Record) -> str:
     """The text embedded for a record: instruction, input and output, blank-line separated."""
     return "\n\n".join(t for t in (record.instruction, record.input, record.output) if t)
-
-
-def kth_neighbor_distance(
-    queries: np.ndarray, base: np.ndarray, k: int, exclude: np.ndarray | None = None
-) -> np.ndarray:
-    """Exact Euclidean distance from each query row to its k-th nearest row of `base`.
-
-    `exclude[i]` is an index into `base` that query i may not use (itself), or -1.
-    Where fewer than k rows remain, the distance is NaN.
-    """
-    q = np.asarray(queries, dtype=np.float64)
-    b = np.asarray(base, dtype=np.float64)
-    out = np.full(len(q), np.nan)
-    if len(q) == 0:
-        return out
-    b_sq = np.einsum("ij,ij->i", b, b)
-    for start in range(0, len(q), _BLOCK):
-        block = q[start : start + _BLOCK]
-        d2 = np.einsum("ij,ij->i", block, block)[:, None] + b_sq[None, :] - 2.0 * (block @ b.T)
-        np.maximum(d2, 0.0, out=d2)  # rounding can make a zero distance slightly negative
-        available = np.full(len(block), len(b))
-        if exclude is not None:
-            ex = exclude[start : start + len(block)]
-            rows = np.nonzero(ex >= 0)[0]
-            d2[rows, ex[rows]] = np.inf
-            available[rows] -= 1
-        ok = available >= k
-        if ok.any() and k <= len(b):
-            kth = np.partition(d2[ok], k - 1, axis=1)[:, k - 1]
-            out[start : start + len(block)][ok] = np.sqrt(kth)
-    return out
 
 
 @register
@@ -72,6 +47,11 @@ class KNN(Indicator):
     records of the scored set (dataset-level) or, with `reference`, the records
     of that file (one copy of the record itself excluded). NaN when fewer than k
     neighbours exist. Cost: O(n^2 d); ~3 s for 10k records (tfidf-svd) on 2 cores.
+    `index` picks the neighbour search (`instructmining.neighbours`): "auto" is
+    exact up to `neighbours.EXACT_MAX` records and an approximate faiss index
+    above (its measured recall goes to the run's summary); "exact", "hnsw" or
+    "ivf" force one. Only an approximate search enters `params()`, so exact
+    values keep their cache keys. With `reference`, "auto" stays exact.
     """
 
     name = "knn6"
@@ -95,6 +75,7 @@ class KNN(Indicator):
         batch_size: int = 64,
         max_length: int | None = None,
         dtype: str = "auto",
+        index: str = "auto",
     ) -> None:
         self.k = k
         self.model = model
@@ -104,6 +85,9 @@ class KNN(Indicator):
         self.batch_size = batch_size
         self.max_length = max_length
         self.dtype = dtype
+        self.index = index
+        self.n_records_: int | None = None
+        self.neighbours_: dict[str, Any] | None = None
         self._reference_cache: tuple[Any, np.ndarray, list[str]] | None = None
         self._scheme()  # a wrong scheme fails here
 
@@ -121,7 +105,21 @@ class KNN(Indicator):
     def params(self) -> dict[str, Any]:
         """Settings that fix the values of the chosen backend (others would only split caches)."""
         unused = ("max_length", "dtype") if self.backend == TFIDF_SVD else ("dims",)
-        return {k: v for k, v in super().params().items() if k not in unused}
+        out = {k: v for k, v in super().params().items() if k not in (*unused, "index")}
+        search = self._search()
+        if search != "exact":  # approximate values never share a key with exact ones
+            out["index"] = search
+        return out
+
+    def expect(self, n_records: int) -> None:
+        self.n_records_ = n_records
+
+    def _search(self) -> str:
+        """The neighbour search this configuration runs on the expected set."""
+        check_index(self.index)
+        if self.index == "auto" and self.reference is not None:
+            return "exact"
+        return resolve_index(self.index, self.n_records_)
 
     def _check(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -130,6 +128,7 @@ class KNN(Indicator):
             raise ValueError(
                 f"The 'dims' parameter of knn6 must be an int >= 1. Got {self.dims!r}."
             )
+        check_index(self.index)
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
         self._check()
@@ -139,8 +138,9 @@ class KNN(Indicator):
             return np.empty(0)
         texts = [example_text(r) for r in records]
         if self.reference is None:
+            self.expect(len(records))
             emb = self._fit_embed(texts)
-            return kth_neighbor_distance(emb, emb, self.k, np.arange(len(texts)))
+            return self._search_kth(emb, emb, np.arange(len(texts)))
         space, ref_emb, ref_ids = self._reference_space()
         emb = self._embed(space, texts)
         where: dict[str, int] = {}
@@ -149,7 +149,23 @@ class KNN(Indicator):
         exclude = np.array(
             [where.get(content_id(r.instruction, r.input, r.output), -1) for r in records]
         )
-        return kth_neighbor_distance(emb, ref_emb, self.k, exclude)
+        return self._search_kth(emb, ref_emb, exclude)
+
+    def _search_kth(self, emb: np.ndarray, base: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        """k-th distances by this configuration's search; what it did goes to `neighbours_`."""
+        # the same choice as `_search`: "auto" resolves on the base's size (the scored set)
+        kind = "exact" if self.index == "auto" and self.reference is not None else self.index
+        found = kth_neighbours(emb, base, k=self.k, exclude=exclude, index=kind)
+        self.neighbours_ = None
+        if found.recall is not None or found.note:  # exact search as always: nothing to say
+            self.neighbours_ = {
+                "index": found.index,
+                "recall": found.recall,
+                "sampled": found.sampled,
+                "note": found.note,
+                "text": found.describe(),
+            }
+        return found.distances
 
     def embed(self, records: Sequence[Record]) -> np.ndarray:
         """Unit-length embeddings of the records in this configuration's space.

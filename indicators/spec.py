@@ -227,6 +227,10 @@ def _check_value(indicator: str, key: str, value: Any, kinds: frozenset[str], wh
 def _choices(indicator: str, key: str) -> tuple[str, ...] | None:
     if key == "dtype":
         return DTYPES
+    if key == "index" and indicator == "knn6":
+        from instructmining.neighbours import INDEXES
+
+        return INDEXES
     if key == "template" and indicator == "reward":
         from instructmining.indicators.reward import TEMPLATES
 

@@ -8,7 +8,8 @@ confirmed exactly; the second test keeps apart records that share a long
 context but ask and answer different things, as dolly's several questions
 about one passage do), or, when `semantic` is set, when the
 cosine similarity of their embeddings is at least `semantic` (``semantic``; the
-knn6 indicator's embedding space, see `knn6_embeddings`). Clusters are the
+knn6 indicator's embedding space, see `knn6_embeddings`; pairs found by
+`instructmining.neighbours.pairs_within`, exact at every size). Clusters are the
 connected components of the links, so a chain of near copies is one cluster.
 
 Which record a cluster keeps is decided by `keepers`: the first in a given order
@@ -26,12 +27,12 @@ from typing import Any
 import numpy as np
 
 from instructmining.errors import ParameterError
+from instructmining.neighbours import pairs_within
 from instructmining.records import Record
 from instructmining.selection import minhash
 from instructmining.selection.textnorm import field_text, normalize, shingles
 
 LINK_KINDS = ("exact", "near", "semantic")
-_BLOCK = 1024  # rows per block of the cosine matrix: bounds memory at 1024 x n doubles
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,7 @@ def find_duplicates(
 
     if s.semantic is not None:
         assert embeddings is not None
-        for a, b, score in _cosine_pairs(
-            np.asarray(embeddings, dtype=np.float64)[reps], s.semantic
-        ):
+        for a, b, score in pairs_within(np.asarray(embeddings, dtype=np.float64)[reps], s.semantic):
             i, j = reps[a], reps[b]
             links.append(Link(i, j, "semantic", score))
             comps.union(i, j)
@@ -206,19 +205,6 @@ def _similar(a: set[str], b: set[str], threshold: float) -> bool:
     if not a and not b:
         return True
     return len(a & b) >= threshold * len(a | b)
-
-
-def _cosine_pairs(emb: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Pairs (a < b) of rows whose dot product (cosine of unit rows) is at least `threshold`."""
-    out: list[tuple[int, int, float]] = []
-    for start in range(0, len(emb), _BLOCK):
-        sims = emb[start : start + _BLOCK] @ emb.T
-        rows, cols = np.nonzero(sims >= threshold)
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            a = start + r
-            if c > a:
-                out.append((a, c, float(sims[r, c])))
-    return out
 
 
 def keepers(

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from instructmining.errors import InstructMiningError, ParameterError
+from instructmining.neighbours import squared_distances
 from instructmining.records import Record
 from instructmining.regression import Rule
 
@@ -477,7 +478,8 @@ class KCenter(Strategy):
     Distances are Euclidean in the knn6 indicator's embedding space. The first
     record is the rule's best when the pool has a rule prediction, else the first
     in the seeded random order; ties go to the lowest record id. Choosing K costs
-    O(n K d); the whole pool (K None, as under +diverse) O(n^2 d).
+    O(n K d); the whole pool (K None, as under +diverse) O(n^2 d). Distances come
+    from `instructmining.neighbours` (exact: a farthest-point walk needs every one).
     """
 
     key = "kcenter"
@@ -507,7 +509,7 @@ class KCenter(Strategy):
         chosen = [start]
         for _ in range(k - 1):
             last = chosen[-1]
-            d2 = np.maximum(sq + sq[last] - 2.0 * (emb @ emb[last]), 0.0)
+            d2 = squared_distances(emb, sq, last)
             np.minimum(nearest, d2, out=nearest)
             nearest[chosen] = -np.inf
             far = nearest.max()
