@@ -18,10 +18,13 @@ if [ ! -f study.json ]; then
     --seed 0 -o .
 fi
 BASE=smollm2-135m-instruct
+# pinned to what "auto" resolved to on the machine that started the study (AVX2, no bf16),
+# so that a bf16 machine continues the same configuration instead of starting another
+TRAIN="--precision fp32 --template chat"
 # noise first: the first three candidates under seeds 0, 1 and 2
 NOISE=$(python3 -c "import json; print(','.join(c['candidate_id'] for c in json.load(open('study.json'))['candidates'][:3]))")
-$IM study run . --base-model $BASE --only "$NOISE"
-$IM study run . --base-model $BASE --seed 1 --only "$NOISE"
-$IM study run . --base-model $BASE --seed 2 --only "$NOISE"
+$IM study run . --base-model $BASE $TRAIN --only "$NOISE"
+$IM study run . --base-model $BASE $TRAIN --seed 1 --only "$NOISE"
+$IM study run . --base-model $BASE $TRAIN --seed 2 --only "$NOISE"
 # then every candidate
-$IM study run . --base-model $BASE
+$IM study run . --base-model $BASE $TRAIN

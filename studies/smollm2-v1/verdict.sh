@@ -7,6 +7,7 @@ cd "$(dirname "$0")"
 IM=${IM:-instructmining}
 D=../../../shared/data
 BASE=smollm2-135m-instruct
+TRAIN="--precision fp32 --template chat"   # as run.sh
 [ -f fit/rule.json ] || $IM study fit .   # fit/rule.json, fit/report.md, fit/results.csv
 $IM study compare . --pool $D/pools/dolly_3k.json --rule fit/rule.json --size 256 --seeds 5 \
-    --strategies rule,rule-in-range,random,longest,top:ifd --base-model $BASE
+    --strategies rule,rule-in-range,random,longest,top:ifd --base-model $BASE $TRAIN
