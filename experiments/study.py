@@ -367,6 +367,12 @@ class Study:
                 f"{self.path / MANIFEST}: format {doc.get('format')!r}, this version reads "
                 f"{FORMAT_VERSION}; replan the study"
             )
+        for key, kind in (("candidates", list), ("indicators", list)):
+            if not isinstance(doc.get(key), kind):
+                raise DataError(
+                    f"{path}: no {key!r} list, so this is not a complete study manifest; "
+                    "replan the study (instructmining study plan)"
+                )
         return doc
 
     @property

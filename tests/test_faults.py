@@ -455,6 +455,16 @@ def _bad_manifest(tmp: Path, stack: contextlib.ExitStack, mp: pytest.MonkeyPatch
     return ["study", "run", study]
 
 
+def _manifest_without_indicators(
+    tmp: Path, stack: contextlib.ExitStack, mp: pytest.MonkeyPatch
+) -> list[Any]:
+    study = _study(tmp)
+    doc = json.loads((study / "study.json").read_text())
+    del doc["indicators"]
+    (study / "study.json").write_text(json.dumps(doc))
+    return ["study", "fit", study]
+
+
 def _unknown_config(tmp: Path, stack: contextlib.ExitStack, mp: pytest.MonkeyPatch) -> list[Any]:
     study = _study(tmp)
     cid = Study(study).candidates[0]["candidate_id"]
@@ -498,6 +508,7 @@ CASES: list[tuple[str, Case, int, str]] = [
     ("invalid rule settings", _bad_rule, 2, "'k'"),
     ("NaN threshold", _nan_threshold, 2, "--max-predicted-loss"),
     ("invalid manifest", _bad_manifest, 2, "study.json: not valid JSON"),
+    ("incomplete manifest", _manifest_without_indicators, 2, "no 'indicators' list"),
     ("unknown configuration", _unknown_config, 2, "'nope'"),
     ("missing checkpoint path", _missing_ckpt, 2, "does not exist"),
     ("missing optional package", _no_ray, 1, "instructmining[ray]"),
