@@ -195,8 +195,9 @@ def test_hf_local_backend_generates_in_batches(tiny_causal_lm: Path) -> None:
     context = AutoConfig.from_pretrained(path).n_positions
     (long,) = backend.complete(["Say hello"], SamplingParams(max_tokens=context + 50))
     assert long.prompt_tokens + long.completion_tokens <= context
-    with pytest.raises(BackendError, match="fills the model's context"):
+    with pytest.raises(BackendError, match="fills the model's context") as info:
         backend.complete(["word " * (context + 5)], SamplingParams(max_tokens=2))
+    assert info.value.exit_code == 2  # the command names the wrong model: fix it
 
 
 # --- hf: prompt layouts ----------------------------------------------------------------
@@ -281,8 +282,9 @@ def test_hf_chat_layout_sends_one_user_turn_and_the_reply_header(tiny_chat_lm: P
 def test_hf_chat_template_requested_but_absent(tiny_causal_lm: Path) -> None:
     pytest.importorskip("transformers")
     backend = HFBackend(model=str(tiny_causal_lm), device="cpu", template="chat")
-    with pytest.raises(BackendError, match="has no chat template"):
+    with pytest.raises(BackendError, match="has no chat template") as info:
         backend.complete(["x"], SamplingParams())
+    assert info.value.exit_code == 2 and "--llm-template plain" in str(info.value)
     with pytest.raises(ValueError, match="template must be one of"):
         HFBackend(model="m", template="markdown")
 

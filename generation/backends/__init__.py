@@ -2,6 +2,7 @@
 
 from instructmining.generation.backends.base import (
     BackendError,
+    BackendSettingError,
     Completion,
     LLMBackend,
     SamplingParams,
@@ -13,6 +14,7 @@ from instructmining.generation.backends.base import (
 
 __all__ = [
     "BackendError",
+    "BackendSettingError",
     "Completion",
     "LLMBackend",
     "SamplingParams",

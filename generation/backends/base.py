@@ -8,11 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from instructmining.errors import InstructMiningError
+from instructmining.errors import InputError, InstructMiningError
 
 
 class BackendError(InstructMiningError):
     """A backend that could not answer: unreachable server, refused request, retries spent."""
+
+
+class BackendSettingError(InputError, BackendError):
+    """An `--llm` setting that cannot work with the model it names (exit code 2: fix the command)."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 from instructmining.errors import InstructMiningError
 from instructmining.generation.backends.base import (
     BackendError,
+    BackendSettingError,
     Completion,
     LLMBackend,
     SamplingParams,
@@ -84,7 +85,7 @@ class HFBackend(LLMBackend):
         spec = self.model
         named = catalogue.entry(spec)
         if named is not None and named.role != _CAUSAL and not Path(spec).expanduser().exists():
-            raise BackendError(
+            raise BackendSettingError(
                 f"--llm hf:{spec}: the catalogue model {named.name!r} has role {named.role!r}, "
                 f"not {_CAUSAL!r}; the catalogue's causal LMs: {', '.join(_causal_names())}"
             )
@@ -167,7 +168,10 @@ class HFBackend(LLMBackend):
     def _layout(self, tokenizer: Any) -> str:
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if self.template == "chat" and not has_template:
-            raise BackendError(f"--llm hf:{self.model}: the tokenizer has no chat template")
+            raise BackendSettingError(
+                f"--llm hf:{self.model}: the tokenizer has no chat template; use --llm-template "
+                "plain or auto"
+            )
         if self.template != "auto":
             return self.template
         return "chat" if has_template else "plain"
@@ -190,7 +194,7 @@ class HFBackend(LLMBackend):
         context = context_length(model, tokenizer)
         longest = max((len(ids) for ids in encoded), default=0)
         if longest >= context:
-            raise BackendError(
+            raise BackendSettingError(
                 f"--llm hf:{self.model}: a prompt of {longest} tokens fills the model's "
                 f"context of {context} tokens; use a model with a longer context"
             )
