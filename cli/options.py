@@ -117,7 +117,7 @@ def check_checkpoint(spec: str, option: str) -> None:
         return
     target = split_scheme(spec)
     if target != spec:  # a registered scheme prefix
-        scheme = spec[: len(spec) - len(target) - 1].lower()
+        scheme = spec.partition(":")[0].lower()
         if scheme == "gguf":
             if not Path(target).expanduser().is_file():
                 raise ParameterError(
@@ -201,9 +201,9 @@ def model_option(f: Any) -> Any:
 
 def _train_defaults(name: str) -> str:
     """`name`'s default for a real base and for `tiny`, for the help texts."""
-    from instructmining.experiments.runner import REAL_TRAIN, TINY_TRAIN
+    from instructmining.experiments.defaults import REAL_DEFAULTS, TINY_DEFAULTS
 
-    real, tiny = getattr(REAL_TRAIN, name), getattr(TINY_TRAIN, name)
+    real, tiny = REAL_DEFAULTS[name], TINY_DEFAULTS[name]
     return f"default {real}" + (f" ({tiny} for tiny)" if tiny != real else "")
 
 

@@ -24,6 +24,7 @@ from instructmining.errors import (
     MissingPackageError,
     ParameterError,
 )
+from instructmining.experiments.defaults import REAL_DEFAULTS, TINY_DEFAULTS
 from instructmining.experiments.finetune import TrainConfig
 from instructmining.experiments.lock import holds_study_lock
 from instructmining.experiments.study import Study
@@ -31,15 +32,8 @@ from instructmining.experiments.tiny_base import TinyBaseConfig
 from instructmining.records import Record
 
 TINY = "tiny"
-#: finetuning defaults for the tiny base, chosen so that 40 candidates x 1,000
-#: examples fit in 30 minutes on 2 CPU cores (see the README's study section)
-TINY_TRAIN = TrainConfig(epochs=1, lr=1e-3, batch_size=16, warmup_ratio=0.05, max_length=256)
-#: finetuning defaults for a real base such as SmolLM2-135M on a CPU: one epoch, the
-#: learning rate of the pilot in docs/study.md, the model's own chat template when
-#: it has one, bf16 autocast where bf16 is fast (both resolved by `resolve_settings`)
-REAL_TRAIN = TrainConfig(
-    epochs=1, lr=5e-5, batch_size=8, max_length=512, template="auto", precision="auto"
-)
+TINY_TRAIN = TrainConfig(**TINY_DEFAULTS)
+REAL_TRAIN = TrainConfig(**REAL_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -140,6 +134,31 @@ def indicator_means(frame: Any, columns: Sequence[str]) -> dict[str, float]:
     return {c: float(frame[c].mean(skipna=True)) for c in columns}
 
 
+def evaluate_model(
+    model: Any, tokenizer: Any, eval_records: Sequence[Record], settings: RunSettings, device: str
+) -> dict[str, Any]:
+    """The eval-loss fields of a results row: `model` on D_eval under the run's settings."""
+    from instructmining.experiments.evaluate import eval_loss
+
+    ev = eval_loss(
+        model,
+        tokenizer,
+        eval_records,
+        max_length=settings.train.max_length,
+        batch_size=settings.eval_batch_size,
+        device=device,
+        template=settings.train.template,
+        precision=settings.train.precision,
+    )
+    return {
+        "eval_loss": ev.loss,
+        "eval_loss_example_mean": ev.example_mean,
+        "eval_tokens": ev.tokens,
+        "eval_s": ev.seconds,
+        "eval_tokens_per_s": ev.tokens_per_s,
+    }
+
+
 def train_and_evaluate(
     base: str,
     records: Sequence[Record],
@@ -154,7 +173,6 @@ def train_and_evaluate(
 
     `log` receives one line as each phase starts (for runs nobody watches on a terminal).
     """
-    from instructmining.experiments.evaluate import eval_loss
     from instructmining.experiments.finetune import finetune, load_tokenizer, set_threads
     from instructmining.models.loading import resolve_device
 
@@ -177,22 +195,8 @@ def train_and_evaluate(
             f"trained in {stats.seconds:.0f} s ({stats.tokens_per_s:.0f} tok/s); "
             f"evaluating on {len(eval_records)} records"
         )
-    ev = eval_loss(
-        model,
-        tok,
-        eval_records,
-        max_length=settings.train.max_length,
-        batch_size=settings.eval_batch_size,
-        device=device,
-        template=settings.train.template,
-        precision=settings.train.precision,
-    )
     return {
-        "eval_loss": ev.loss,
-        "eval_loss_example_mean": ev.example_mean,
-        "eval_tokens": ev.tokens,
-        "eval_s": ev.seconds,
-        "eval_tokens_per_s": ev.tokens_per_s,
+        **evaluate_model(model, tok, eval_records, settings, device),
         "train_s": stats.seconds,
         "train_steps": stats.steps,
         "tokens_seen": stats.tokens,
@@ -354,7 +358,6 @@ def evaluate_baseline(
     the model at all. Stored once per configuration in the results store; returns
     (row, computed): a recorded row is returned as it is unless `force`.
     """
-    from instructmining.experiments.evaluate import eval_loss
     from instructmining.experiments.finetune import load_causal_lm, load_tokenizer, set_threads
     from instructmining.experiments.store import ResultsStore
     from instructmining.models.loading import resolve_device
@@ -372,27 +375,13 @@ def evaluate_baseline(
     tok = load_tokenizer(base)
     if log:
         log(f"evaluating the base model on {len(study.eval_records)} records")
-    ev = eval_loss(
-        load_causal_lm(base, device),
-        tok,
-        study.eval_records,
-        max_length=settings.train.max_length,
-        batch_size=settings.eval_batch_size,
-        device=device,
-        template=settings.train.template,
-        precision=settings.train.precision,
-    )
     row = {
         "config": store.config,
         "base_model": settings.base_model,
         "template": settings.train.template,
         "precision": settings.train.precision,
         "max_length": settings.train.max_length,
-        "eval_loss": ev.loss,
-        "eval_loss_example_mean": ev.example_mean,
-        "eval_tokens": ev.tokens,
-        "eval_s": ev.seconds,
-        "eval_tokens_per_s": ev.tokens_per_s,
+        **evaluate_model(load_causal_lm(base, device), tok, study.eval_records, settings, device),
         "device": device,
         "host": platform.node(),
     }
