@@ -42,7 +42,7 @@ def main() -> None:
     print(
         f"cores: {os.cpu_count()}, load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
-    from instructmining.indicators.engine import score
+    from instructmining.indicators.engine import score_records
     from instructmining.indicators.profiles import build
     from instructmining.readers import read_records
 
@@ -59,18 +59,18 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 cache = Path(tmp) / "cache.sqlite"
                 cold, cw, cc = _timed(
-                    lambda c=cache, r=records: score(r, build().indicators, cache=c)
+                    lambda c=cache, r=records: score_records(r, build().indicators, cache=c)
                 )
                 warm, ww, wc = _timed(
-                    lambda c=cache, r=records: score(r, build().indicators, cache=c)
+                    lambda c=cache, r=records: score_records(r, build().indicators, cache=c)
                 )
             if best is None or cw < best[1]:
                 best = (cold, cw, cc, warm, ww, wc)
         assert best is not None
         cold, cw, cc, warm, ww, wc = best
         print(f"{'indicator':<14}{'cold s':>9}{'cold rec/s':>12}{'warm s':>9}{'warm rec/s':>12}")
-        for name, run in cold.attrs["runs"].items():
-            w = warm.attrs["runs"][name]
+        for name, run in cold.run_dicts().items():
+            w = warm.run_dicts()[name]
             print(
                 f"{name:<14}{run['seconds']:>9.2f}{n / max(run['seconds'], 1e-9):>12.0f}"
                 f"{w['seconds']:>9.2f}{n / max(w['seconds'], 1e-9):>12.0f}"

@@ -59,6 +59,58 @@ def quiet_option(f: Any) -> Any:
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
 
 
+def engine_options(f: Any) -> Any:
+    """--engine, --num-actors, --gpus-per-actor, --ray-address (score and select)."""
+    for option in reversed(
+        [
+            click.option(
+                "--engine",
+                type=click.Choice(["local", "ray"]),
+                default="local",
+                show_default=True,
+                help="Where record batches are scored: this process, or Ray actors "
+                "(pip install 'instructmining[ray]'; the score cache stays here).",
+            ),
+            click.option(
+                "--num-actors",
+                type=click.IntRange(min=1),
+                default=2,
+                show_default=True,
+                help="Ray engine: actors, each with its own loaded models.",
+            ),
+            click.option(
+                "--gpus-per-actor",
+                type=click.FloatRange(min=0),
+                default=0,
+                show_default=True,
+                help="Ray engine: GPUs per actor (fractions share a GPU).",
+            ),
+            click.option(
+                "--ray-address",
+                default=None,
+                help="Ray engine: an existing cluster (e.g. auto, ray://host:10001); "
+                "default: start a local Ray.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def make_executor(
+    engine: str, num_actors: int, gpus_per_actor: float, ray_address: str | None
+) -> Any:
+    """None for the local engine, else a `RayExecutor` (close it when done)."""
+    if engine != "ray":
+        if ray_address is not None or gpus_per_actor:
+            raise click.UsageError("--ray-address and --gpus-per-actor need --engine ray")
+        return None
+    from instructmining.indicators.ray_executor import RayExecutor, require_ray
+
+    require_ray()  # before any work: a missing ray is one line, not a failure mid-run
+    return RayExecutor(num_actors=num_actors, gpus_per_actor=gpus_per_actor, address=ray_address)
+
+
 def _checkpoint_problem(folder: Path) -> str | None:
     """Why `folder` cannot be a checkpoint (None when it may be): cheap file checks only."""
     if not folder.is_dir():

@@ -9,6 +9,8 @@ import click
 
 from instructmining.cli.options import (
     check_checkpoint,
+    engine_options,
+    make_executor,
     map_option,
     on_error_option,
     overwrite_option,
@@ -169,6 +171,7 @@ def _parse_models(
     help="Also write DIR/index.html: histograms, correlations, lowest and highest records "
     "per indicator, indicator health (one self-contained page).",
 )
+@engine_options
 @map_option
 @on_error_option
 @overwrite_option
@@ -187,6 +190,10 @@ def score_command(
     no_cache: bool,
     keep_fields: bool,
     report_dir: Path | None,
+    engine: str,
+    num_actors: int,
+    gpus_per_actor: float,
+    ray_address: str | None,
     field_map: dict[str, str],
     on_error: Any,
     overwrite: bool,
@@ -214,23 +221,30 @@ def score_command(
         raise click.BadParameter(f"{device!r}: use auto, cpu or cuda[:N]", param_hint="--device")
     if report_dir is not None:
         check_report_dir(report_dir, overwrite=overwrite)
-    report = score_file(
-        data,
-        output,
-        indicators=names,
-        profile=profile,
-        models=models or None,
-        device=device,
-        batch_size=batch_size,
-        max_length=max_length,
-        dtype=dtype,
-        cache=None if no_cache else (cache_path or default_cache_path()),
-        field_map=field_map or None,
-        on_error=on_error,
-        keep_fields=keep_fields,
-        overwrite=overwrite,
-        progress=progress_enabled(quiet),
-    )
+    executor = make_executor(engine, num_actors, gpus_per_actor, ray_address)
+    try:
+        report = score_file(
+            data,
+            output,
+            indicators=names,
+            profile=profile,
+            models=models or None,
+            device=device,
+            batch_size=batch_size,
+            max_length=max_length,
+            dtype=dtype,
+            cache=None if no_cache else (cache_path or default_cache_path()),
+            field_map=field_map or None,
+            on_error=on_error,
+            keep_fields=keep_fields,
+            overwrite=overwrite,
+            progress=progress_enabled(quiet),
+            keep_records=report_dir is not None,
+            executor=executor,
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     click.echo(
         f"{report.n_records} records ({report.schema}) scored -> {report.output} "
         f"[profile {report.profile}, {report.seconds:.1f} s]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import click
 
 from instructmining.cli.options import (
+    engine_options,
+    make_executor,
     map_option,
     model_options,
     on_error_option,
@@ -146,6 +149,7 @@ from instructmining.cli.options import (
 )
 @training_options("--train-batch-size", seed=False)
 @model_options
+@engine_options
 @map_option
 @on_error_option
 @overwrite_option
@@ -180,6 +184,10 @@ def select_command(
     budget: int,
     min_size: int,
     base_model: str,
+    engine: str,
+    num_actors: int,
+    gpus_per_actor: float,
+    ray_address: str | None,
     **training: Any,
 ) -> None:
     """Select the records of DATA that RULE predicts to lower the finetuned loss most.
@@ -213,6 +221,8 @@ def select_command(
 
         check_report_dir(report_dir, overwrite=overwrite)
     if size_mode == "auto":
+        if engine != "local":
+            raise click.UsageError("--engine ray does not combine with --size auto")
         if exclude_eval or dedup or dedup_semantic is not None:
             raise click.UsageError(
                 "--exclude-eval and --dedup do not combine with --size auto; "
@@ -248,7 +258,10 @@ def select_command(
         rule = load_rule(rule_spec) if rule_spec is not None else None
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="--rule") from None
-    with warnings.catch_warnings():
+    executor = make_executor(engine, num_actors, gpus_per_actor, ray_address)
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        if executor is not None:
+            stack.callback(executor.close)
         # printed below as plain lines, not in Python's warning format
         warnings.simplefilter("ignore", FittedRangeWarning)
         report = select_file(
@@ -275,6 +288,7 @@ def select_command(
             batch_size=batch_size,
             cache=None if no_cache else (cache or default_cache_path()),
             progress=progress_enabled(quiet),
+            executor=executor,
         )
     chosen = report.selection
     click.echo(f"selected {report.n_selected} of {report.n_pool} records -> {report.output}")

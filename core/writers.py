@@ -111,38 +111,196 @@ def write_rows(
     inputs: Iterable[str | Path] = (),
 ) -> Path:
     """Write rows (a sequence of mappings or a pandas DataFrame) to `path` atomically."""
-    out = check_output(path, overwrite=overwrite, inputs=inputs)
-    fmt, gz = output_format(out)
-    import pandas as pd
+    with open_rows(path, overwrite=overwrite, inputs=inputs) as writer:
+        writer.write(rows)
+    return writer.path
 
-    frame = rows if isinstance(rows, pd.DataFrame) else None
+
+@contextlib.contextmanager
+def open_rows(
+    path: str | Path, *, overwrite: bool = False, inputs: Iterable[str | Path] = ()
+) -> Iterator[RowWriter]:
+    """A RowWriter for `path`, to write rows in batches without holding them all.
+
+    `path` is checked as by `write_rows` before anything is written; the rows go to
+    a temporary file beside it, renamed onto `path` only when the block ends without
+    an exception (otherwise the temporary file is removed and `path` left as it was).
+    """
+    out = check_output(path, overwrite=overwrite, inputs=inputs)
     with atomic_path(out) as tmp:
-        if fmt == "parquet":
-            _write_parquet(frame if frame is not None else rows, tmp)
+        writer = RowWriter(out, tmp)
+        try:
+            yield writer
+            writer._finish()
+        except BaseException:
+            writer._abort()
+            raise
+
+
+class RowWriter:
+    """Writes batches of rows to the temporary file of an output opened by `open_rows`.
+
+    JSONL and JSON files are the same whether the rows come in one batch or many. CSV
+    takes its header from the first non-empty batch (the keys of its rows, in first-seen
+    order) and Parquet its schema (later batches are cast to it): neither can change
+    afterwards, so a later column it lacks is an InputError naming the column.
+    """
+
+    def __init__(self, path: Path, tmp: Path) -> None:
+        self.path = path
+        self.n_rows = 0
+        self._tmp = tmp
+        self._fmt, gz = output_format(path)
+        self._fh: Any = None if self._fmt == "parquet" else _open_text(tmp, gz)
+        self._csv: Any = None  # csv.DictWriter, made at the first row
+        self._parquet: Any = None  # pyarrow.parquet.ParquetWriter, made at the first batch
+        self._schema: Any = None
+        self._open = True
+
+    def write(self, rows: Iterable[Mapping[str, Any]] | Any) -> None:
+        """Append rows: mappings (values may be numpy scalars, NaN, lists, dicts) or a DataFrame."""
+        if not self._open:
+            raise ValueError(f"{self.path}: the output is closed")
+        import pandas as pd
+
+        frame = rows if isinstance(rows, pd.DataFrame) else None
+        if self._fmt == "parquet":
+            self._write_parquet(frame if frame is not None else list(rows))
+            return
+        records: Any = frame.to_dict(orient="records") if frame is not None else rows
+        if self._fmt == "jsonl":
+            for row in records:
+                self._fh.write(_dumps(row))
+                self._fh.write("\n")
+                self.n_rows += 1
+        elif self._fmt == "json":
+            for row in records:
+                # json.dump(rows, indent=1) would put each object one level deeper
+                self._fh.write(",\n " if self.n_rows else "[\n ")
+                self._fh.write(_dumps(row, indent=1).replace("\n", "\n "))
+                self.n_rows += 1
         else:
-            records: Any = frame.to_dict(orient="records") if frame is not None else rows
-            with _open_text(tmp, gz) as fh:
-                _TEXT_WRITERS[fmt](records, fh)
-    return out
+            self._write_csv(list(records))
+
+    def _write_csv(self, rows: list[Mapping[str, Any]]) -> None:
+        import csv
+
+        if not rows:
+            return
+        if self._csv is None:
+            header: dict[str, None] = {}
+            for row in rows:
+                header.update(dict.fromkeys(row))
+            self._csv = csv.DictWriter(self._fh, fieldnames=list(header))
+            self._csv.writeheader()
+        known = set(self._csv.fieldnames)
+        for row in rows:
+            for key in row:
+                if key not in known:
+                    raise InputError(
+                        f"{self.path}: column {key!r} is not in the CSV header "
+                        f"({', '.join(self._csv.fieldnames)}), which the first batch of rows set"
+                    )
+        for row in rows:
+            self._csv.writerow(
+                {
+                    k: json.dumps(v, ensure_ascii=False, default=_json_default)
+                    if isinstance(v, (list, dict))
+                    else v
+                    for k, v in row.items()
+                }
+            )
+            self.n_rows += 1
+
+    def _write_parquet(self, rows: Any) -> None:
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._parquet is not None:
+            table = self._conform(rows)
+        else:
+            table = (
+                pa.Table.from_pandas(rows, preserve_index=False)
+                if isinstance(rows, pd.DataFrame)
+                else pa.Table.from_pylist(rows)
+            )
+            if table.num_columns == 0 and table.num_rows == 0:
+                return
+            self._schema = table.schema
+            self._parquet = pq.ParquetWriter(self._tmp, self._schema)
+        self._parquet.write_table(table)
+        self.n_rows += table.num_rows
+
+    def _conform(self, rows: Any) -> Any:
+        """A later batch as a table of the first batch's schema; absent columns are null."""
+        import pandas as pd
+        import pyarrow as pa
+
+        schema = self._schema
+        frame = (
+            pa.Table.from_pandas(rows, preserve_index=False)
+            if isinstance(rows, pd.DataFrame)
+            else None
+        )
+        names = (
+            frame.column_names
+            if frame is not None
+            else dict.fromkeys(k for row in rows for k in row)
+        )
+        for name in names:
+            if name not in schema.names:
+                raise InputError(
+                    f"{self.path}: column {name!r} is not in the Parquet schema "
+                    f"({', '.join(schema.names)}), which the first batch of rows set"
+                )
+        columns = []
+        for column in schema:
+            try:
+                if frame is None:
+                    values = [row.get(column.name) for row in rows]
+                    columns.append(pa.array(values, type=column.type))
+                elif column.name in names:
+                    columns.append(frame.column(column.name).cast(column.type))
+                else:
+                    columns.append(pa.nulls(frame.num_rows, column.type))
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                raise InputError(
+                    f"{self.path}: column {column.name!r} cannot be written as {column.type}, "
+                    f"its type in the first batch of rows ({exc})"
+                ) from None
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def _finish(self) -> None:
+        """Complete the file: the end of a JSON array, a CSV header, the Parquet footer."""
+        if self._fmt == "parquet" and self._parquet is None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({}), self._tmp)  # no rows: a valid file with no columns
+        elif self._fmt == "json":
+            self._fh.write("\n]\n" if self.n_rows else "[]\n")
+        elif self._fmt == "csv" and self._csv is None:
+            import csv
+
+            csv.DictWriter(self._fh, fieldnames=[]).writeheader()  # as write_rows([]) did
+        self._close()
+
+    def _abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close()
+
+    def _close(self) -> None:
+        self._open = False
+        for handle in (self._parquet, self._fh):
+            if handle is not None:
+                handle.close()
 
 
 def _open_text(path: Path, gz: bool) -> Any:
     if gz:
         return gzip.open(path, "wt", encoding="utf-8", newline="")
     return open(path, "w", encoding="utf-8", newline="")
-
-
-def _write_parquet(rows: Any, tmp: Path) -> None:
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = (
-        pa.Table.from_pandas(rows, preserve_index=False)
-        if isinstance(rows, pd.DataFrame)
-        else pa.Table.from_pylist(list(rows))
-    )
-    pq.write_table(table, tmp)
 
 
 def _json_default(value: Any) -> Any:
@@ -159,48 +317,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _jsonl(records: Iterable[Mapping[str, Any]], fh: Any) -> None:
-    for row in records:
-        fh.write(
-            json.dumps(
-                {k: _clean(v) for k, v in row.items()}, ensure_ascii=False, default=_json_default
-            )
-        )
-        fh.write("\n")
-
-
-def _json(records: Iterable[Mapping[str, Any]], fh: Any) -> None:
-    json.dump(
-        [{k: _clean(v) for k, v in row.items()} for row in records],
-        fh,
+def _dumps(row: Mapping[str, Any], indent: int | None = None) -> str:
+    return json.dumps(
+        {k: _clean(v) for k, v in row.items()},
         ensure_ascii=False,
-        indent=1,
+        indent=indent,
         default=_json_default,
     )
-    fh.write("\n")
-
-
-def _csv(records: Iterable[Mapping[str, Any]], fh: Any) -> None:
-    import csv
-
-    rows = list(records)
-    header: dict[str, None] = {}
-    for row in rows:
-        header.update(dict.fromkeys(row))
-    writer = csv.DictWriter(fh, fieldnames=list(header))
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {
-                k: json.dumps(v, ensure_ascii=False, default=_json_default)
-                if isinstance(v, (list, dict))
-                else v
-                for k, v in row.items()
-            }
-        )
-
-
-_TEXT_WRITERS = {"jsonl": _jsonl, "json": _json, "csv": _csv}
 
 
 def rejects_path(output: str | Path) -> Path:

@@ -112,6 +112,49 @@ class Indicator(abc.ABC):
         """True when a record's value depends on the other records scored with it."""
         return self.dataset_level
 
+    # --- set-level indicators in phases ---------------------------------------------------
+    # A set-dependent indicator may split its work so that the engine can stream and
+    # cache it: `fit` once on the set (or a deterministic sample of a large set), then
+    # `transform` batch by batch (one feature row or value per record: the expensive,
+    # cacheable part, e.g. an embedding), then `finish` on every record's features at
+    # once (cheap, e.g. a neighbour search). `score` must give the same values.
+
+    def phased(self) -> bool:
+        """True when this configuration runs as fit -> transform -> finish."""
+        return False
+
+    def fit_size(self) -> int | None:
+        """Most records `fit` reads (a larger set is sampled by key); None: no fit phase."""
+        return None
+
+    def fit(self, records: Sequence[Record], n_total: int) -> None:
+        """Fit the set-level state on `records`: the whole set of `n_total`, or its sample."""
+        return None
+
+    def transform(self, records: Sequence[Record]) -> np.ndarray:
+        """Per-record features (rows) or values after `fit`; batch-independent."""
+        raise NotImplementedError(f"{self.name} has no transform phase")
+
+    def finish(self, features: np.ndarray) -> np.ndarray:
+        """The values of the whole set from every record's `transform` output, in order."""
+        return np.asarray(features, dtype=np.float64)
+
+    def features_cacheable(self) -> bool:
+        """True when `transform`'s output depends on the record and `params()` only (not on
+        the fit), so the engine caches it per record: a new record costs its own features."""
+        return False
+
+    def score_phased(self, records: Sequence[Record]) -> np.ndarray:
+        """`score` through the phases, in one call (what the engine does in batches)."""
+        from instructmining.indicators.keys import fit_sample
+
+        self.expect(len(records))
+        if not records:
+            return np.empty(0)
+        if self.fit_size() is not None:
+            self.fit(fit_sample(records, self.fit_size()), len(records))
+        return self.finish(self.transform(records))
+
     def fingerprints(self) -> dict[str, str]:
         """Content hashes of files this configuration reads besides the records (cache keys).
 

@@ -48,6 +48,14 @@ CREATE TABLE IF NOT EXISTS scores (
     truncated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key, record)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vectors (
+    key TEXT NOT NULL,
+    record TEXT NOT NULL,
+    dtype TEXT NOT NULL,
+    value BLOB NOT NULL,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key, record)
+) WITHOUT ROWID;
 """
 
 
@@ -213,6 +221,80 @@ class ScoreCache:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @_guarded
+    def get_vectors(
+        self, key: str, records: Sequence[str]
+    ) -> tuple[np.ndarray, list[np.ndarray | None], np.ndarray]:
+        """(found mask, one row or None per record, truncated mask) under `key`.
+
+        Rows are the per-record features of a set-level indicator (an embedding),
+        stored in their own dtype, so a cached row equals the computed one bit for bit.
+        """
+        n = len(records)
+        found = np.zeros(n, dtype=bool)
+        rows: list[np.ndarray | None] = [None] * n
+        truncated = np.zeros(n, dtype=bool)
+        if n == 0:
+            return found, rows, truncated
+        conn = self._connect()
+        position: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            position.setdefault(r, []).append(i)
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (record TEXT PRIMARY KEY)")
+        conn.execute("BEGIN")
+        try:
+            conn.execute("DELETE FROM wanted")
+            conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((r,) for r in position))
+            got = conn.execute(
+                "SELECT v.record, v.dtype, v.value, v.truncated FROM vectors v "
+                "JOIN wanted w ON v.record = w.record WHERE v.key = ?",
+                (key,),
+            ).fetchall()
+            conn.execute("DELETE FROM wanted")
+        finally:
+            conn.execute("COMMIT")
+        for record, dtype, value, trunc in got:
+            row = np.frombuffer(value, dtype=np.dtype(dtype))
+            for i in position[record]:
+                found[i] = True
+                rows[i] = row
+                truncated[i] = bool(trunc)
+        return found, rows, truncated
+
+    @_guarded
+    def put_vectors(
+        self,
+        key: str,
+        records: Sequence[str],
+        rows: np.ndarray,
+        truncated: Iterable[bool] | None = None,
+    ) -> None:
+        """Store one batch of feature rows (a 2-D array, one row per record) in one transaction."""
+        matrix = np.ascontiguousarray(rows)
+        if matrix.ndim != 2 or len(matrix) != len(records):
+            raise ValueError("put_vectors: expected one row per record")
+        flags = [0] * len(records) if truncated is None else [int(bool(t)) for t in truncated]
+        dtype = matrix.dtype.str
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)",
+                ((key, rec, dtype, matrix[i].tobytes(), flags[i]) for i, rec in enumerate(records)),
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @_guarded
+    def count_vectors(self, key: str | None = None) -> int:
+        """Number of stored feature rows (under `key`, or in all)."""
+        conn = self._connect()
+        if key is None:
+            return int(conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+        return int(conn.execute("SELECT COUNT(*) FROM vectors WHERE key=?", (key,)).fetchone()[0])
 
     @_guarded
     def count(self, key: str | None = None) -> int:

@@ -1,20 +1,16 @@
-"""The scoring engine: run indicators over records, cache every score, summarise the results.
+"""Scoring workflows: records or a file in, one value per record and indicator out.
 
-Scores are cached by (indicator configuration, record) in a `ScoreCache`
-(SQLite, one transaction per batch). Record-level indicators run in fixed
-chunks of the input order and each chunk is committed as it finishes, so a run
-killed at any point resumes with the first unfinished chunk and computes it
-with exactly the same records as an uninterrupted run would: the final output
-is identical. Dataset-level indicators run on the whole set in one call; their
-scores are keyed by a fingerprint of the set as well. Nothing here is global:
-an indicator is rebuilt from `params()` and the cache is a file, so batches can
-be scored by independent workers sharing the cache.
+`score` scores records held in memory; `score_file` streams a file: it reads the
+records batch by batch for every pass (`execute`), writes the rejects, then
+writes the output row by row into a temporary file renamed into place at the
+end, with a JSON summary beside it. Peak memory grows with the batch and a few
+numbers per record, not with the file, for record-level indicators and for
+set-level indicators that run in phases. Planning is in `plan`, execution and
+the cache in `execute`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,87 +22,45 @@ import numpy as np
 from instructmining.errors import InputError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.cache import ScoreCache
+from instructmining.indicators.execute import (
+    CHUNK,
+    MODEL_CHUNK,
+    IndicatorRun,
+    ListSource,
+    ScoreTable,
+    cache_key,
+    compute,
+    open_cache,
+)
+from instructmining.indicators.executors import Executor
 from instructmining.indicators.health import HealthFlag, check_health
-from instructmining.indicators.registry import create
-from instructmining.progress import progress_bar
-from instructmining.readers import OnError, read_records
+from instructmining.indicators.keys import record_keys, set_fingerprint
+from instructmining.indicators.plan import describe_backend, plan_indicators, resolve
+from instructmining.readers import OnError, RecordStream, stream_records
 from instructmining.records import Record
-from instructmining.writers import check_output, rejects_path, write_json, write_rows
+from instructmining.writers import check_output, open_rows, rejects_path, write_json, write_rows
 
-CHUNK = 2048  # records per call and per cache commit for record-level indicators
-#: the same for indicators that run a model: a kill loses minutes of work at most
-MODEL_CHUNK = 256
-
-
-def resolve(indicators: Sequence[str | Indicator]) -> list[Indicator]:
-    """Indicator objects from names or objects; duplicate names are refused."""
-    built = [create(i) if isinstance(i, str) else i for i in indicators]
-    names = [i.name for i in built]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"indicators: {', '.join(dupes)} given more than once")
-    return built
-
-
-def record_keys(records: Sequence[Record]) -> list[str]:
-    """Cache key of each record: its id plus a hash of its content.
-
-    A record edited under the same id gets a new key, so it is rescored.
-    """
-    return [
-        hashlib.sha256(
-            json.dumps([r.id, r.instruction, r.input, r.output], ensure_ascii=False).encode()
-        ).hexdigest()[:24]
-        for r in records
-    ]
+__all__ = [
+    "CHUNK",
+    "MODEL_CHUNK",
+    "IndicatorRun",
+    "ScoreReport",
+    "ScoreTable",
+    "cache_key",
+    "describe_backend",
+    "format_summary",
+    "plan_indicators",
+    "record_keys",
+    "resolve",
+    "score",
+    "score_file",
+    "score_records",
+    "set_fingerprint",
+    "summarize",
+]
 
 
-def set_fingerprint(keys: Sequence[str]) -> str:
-    """Order-independent hash of a multiset of record keys."""
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:24]
-
-
-def cache_key(ind: Indicator, keys: Sequence[str]) -> str:
-    """The key an indicator's scores of these records are cached under."""
-    parts: dict[str, Any] = {"params": ind.key(), "files": ind.fingerprints()}
-    if ind.set_dependent():
-        parts["set"] = set_fingerprint(keys)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-@dataclass
-class IndicatorRun:
-    """What scoring one indicator did: values computed vs served from the cache, time, truncation."""
-
-    computed: int = 0
-    cached: int = 0
-    seconds: float = 0.0
-    truncated: int = 0
-    #: the neighbour search a set-level indicator ran (index, recall, sampled, note), if any
-    neighbours: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (for JSON summaries)."""
-        rate = self.computed / self.seconds if self.computed and self.seconds > 0 else None
-        out: dict[str, Any] = {
-            "computed": self.computed,
-            "cached": self.cached,
-            "seconds": round(self.seconds, 4),
-            "records_per_s": None if rate is None else round(rate, 1),
-            "truncated": self.truncated,
-        }
-        if self.neighbours is not None:
-            out["neighbours"] = dict(self.neighbours)
-        return out
-
-
-def _open_cache(cache: str | Path | ScoreCache | None) -> tuple[ScoreCache | None, bool]:
-    if cache is None or isinstance(cache, ScoreCache):
-        return cache, False
-    return ScoreCache(cache), True
-
-
-def score(
+def score_records(
     records: Sequence[Record],
     indicators: Sequence[str | Indicator] | None = None,
     *,
@@ -119,18 +73,15 @@ def score(
     cache: str | Path | ScoreCache | None = None,
     progress: bool = False,
     chunk_size: int = CHUNK,
-) -> Any:
-    """Score `records`; a DataFrame with `id` and one column per indicator (the `score` command).
+    executor: Executor | None = None,
+) -> ScoreTable:
+    """Score `records` held in memory; a `ScoreTable` (values, params, runs, left-out).
 
-    `indicators`: names or objects; default: the `profile`'s set ("offline", or
-    "paper"). `models`, `device`, `batch_size`, `max_length`, `dtype` as the
-    command's options. `cache`: path of a score store (or a ScoreCache), None for
-    no caching. `attrs["indicators"]` holds each indicator's params,
-    `attrs["left_out"]` what the profile left out and why, `attrs["runs"]` what
-    each indicator computed or took from the cache.
+    `indicators`: names or objects; default: the `profile`'s set. `models`,
+    `device`, `batch_size`, `max_length`, `dtype` as the command's options.
+    `cache`: path of a score store (or a ScoreCache), None for no caching.
+    `executor`: where record batches run (default: this process).
     """
-    import pandas as pd
-
     plan = plan_indicators(
         indicators,
         profile=profile,
@@ -140,110 +91,28 @@ def score(
         max_length=max_length,
         dtype=dtype,
     )
-    built = plan.indicators
     if chunk_size < 1:
         raise ValueError(f"The 'chunk_size' parameter of score must be >= 1. Got {chunk_size}.")
-    store, owned = _open_cache(cache)
-    n = len(records)
-    keys = record_keys(records) if store is not None else []
-    columns: dict[str, np.ndarray] = {"id": np.array([r.id for r in records], dtype=object)}
-    runs: dict[str, IndicatorRun] = {}
+    store, owned = open_cache(cache)
     try:
-        for ind in built:  # one bar per indicator: its own rate and ETA
-            with progress_bar(n, ind.name, enabled=progress) as bar:
-                values, run = _score_one(ind, records, keys, store, chunk_size, bar)
-            columns[ind.name] = values
-            runs[ind.name] = run
+        table = compute(
+            ListSource(records, chunk_size),
+            plan.indicators,
+            store=store,
+            executor=executor,
+            progress=progress,
+            chunk_size=chunk_size,
+        )
     finally:
         if owned and store is not None:
             store.close()
-    frame = pd.DataFrame(columns)
-    frame.attrs["indicators"] = {ind.name: ind.params() for ind in built}
-    frame.attrs["left_out"] = dict(plan.left_out)
-    frame.attrs["runs"] = {name: run.to_dict() for name, run in runs.items()}
-    return frame
+    table.left_out = dict(plan.left_out)
+    return table
 
 
-def _score_one(
-    ind: Indicator,
-    records: Sequence[Record],
-    keys: Sequence[str],
-    store: ScoreCache | None,
-    chunk_size: int,
-    bar: Any,
-) -> tuple[np.ndarray, IndicatorRun]:
-    n = len(records)
-    run = IndicatorRun()
-    start_time = time.perf_counter()
-    ind.expect(n)  # before the cache key: knn6's search (and key) depends on the set's size
-    key = ""
-    if store is not None:
-        key = cache_key(ind, keys)
-        store.register(key, ind.name, {**ind.params(), "fingerprints": ind.fingerprints()})
-        found, values, truncated = store.get(key, keys)
-    else:
-        found = np.zeros(n, dtype=bool)
-        values = np.full(n, np.nan)
-        truncated = np.zeros(n, dtype=bool)
-    run.cached = int(found.sum())
-    moved = [0]  # records the indicator reported itself (fine-grained progress)
-
-    def tick(k: int) -> None:
-        moved[0] += k
-        bar.update(k)
-
-    ind.progress_ = tick
-    if ind.set_dependent():
-        # the values depend on the whole set: all cached, or all computed in one call
-        if n and not found.all():
-            values = _check(ind, ind.score(records), n)
-            truncated, extra = _truncation(ind, n)
-            run.truncated += extra
-            run.neighbours = getattr(ind, "neighbours_", None)
-            run.computed, run.cached = n, 0
-            if store is not None:
-                store.put(key, keys, values, truncated)
-        bar.update(n - moved[0])
-    else:
-        if getattr(ind, "backend", "") in ("causal-lm", "transformers", "unieval"):
-            chunk_size = min(chunk_size, MODEL_CHUNK)
-        for start in range(0, n, chunk_size):
-            stop = min(start + chunk_size, n)
-            todo = np.nonzero(~found[start:stop])[0] + start
-            if len(todo):
-                part = [records[int(i)] for i in todo]
-                got = _check(ind, ind.score(part), len(part))
-                flags, extra = _truncation(ind, len(part))
-                values[todo] = got
-                truncated[todo] = flags
-                run.truncated += extra
-                run.computed += len(todo)
-                if store is not None:  # one transaction per chunk: a kill loses at most this one
-                    store.put(key, [keys[int(i)] for i in todo], got, flags)
-            bar.update(stop - start - moved[0])
-            moved[0] = 0
-    ind.progress_ = None
-    run.truncated += int(truncated.sum())
-    run.seconds = time.perf_counter() - start_time
-    return values, run
-
-
-def _truncation(ind: Indicator, n: int) -> tuple[np.ndarray, int]:
-    """(per-record truncation flags, truncations that could not be attributed to a record)."""
-    mask = getattr(ind, "truncated_mask_", None)
-    if mask is not None:
-        arr = np.asarray(mask, dtype=bool)
-        if arr.shape == (n,):
-            return arr, 0
-    count = getattr(ind, "truncated_", 0)
-    return np.zeros(n, dtype=bool), int(count or 0)
-
-
-def _check(ind: Indicator, values: Any, n: int) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.shape != (n,):
-        raise RuntimeError(f"indicator {ind.name!r} returned shape {arr.shape}, expected ({n},)")
-    return arr
+def score(records: Sequence[Record], indicators: Any = None, **options: Any) -> Any:
+    """`score_records` as a DataFrame: `id` and one column per indicator."""
+    return score_records(records, indicators, **options).frame()
 
 
 def summarize(frame: Any, columns: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -284,23 +153,6 @@ def format_summary(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def rows_for_output(records: Sequence[Record], frame: Any, *, keep_fields: bool) -> Any:
-    """The table to write: `id` + indicator columns, after the source fields if kept."""
-    if not keep_fields:
-        return frame
-    import pandas as pd
-
-    clash = sorted(set(frame.columns[1:]) & {k for r in records[:1000] for k in r.fields})
-    if clash:
-        raise InputError(
-            f"the data has fields named like indicator columns ({', '.join(clash)}); "
-            "rename them with --map or drop --keep-fields"
-        )
-    source = pd.DataFrame.from_records([dict(r.fields) for r in records])
-    source = source.drop(columns=[c for c in source.columns if c == "id"])
-    return pd.concat([frame[["id"]], source, frame.drop(columns=["id"])], axis=1)
-
-
 @dataclass
 class ScoreReport:
     """What `score_file` did: counts, where it wrote, the summary, what was left out and cached."""
@@ -328,47 +180,70 @@ class ScoreReport:
     columns: list[str] = field(default_factory=list)
 
 
-def describe_backend(params: Mapping[str, Any]) -> str:
-    """How a column was computed, in a few words: backend, model and dtype when it has them."""
-    text = str(params.get("backend", ""))
-    if params.get("model"):
-        text += f" {params['model']}"
-        if params.get("dtype"):
-            text += f" ({params['dtype']})"
-    return text
+class _StreamSource:
+    """A file's records for `compute`: every pass reads the file again, batch by batch."""
+
+    def __init__(self, stream: RecordStream) -> None:
+        self.stream = stream
+
+    def batches(self) -> Any:
+        return iter(self.stream)
 
 
-def plan_indicators(
-    indicators: Sequence[str | Indicator] | None = None,
+def _source_fields(stream: RecordStream, columns: Sequence[str]) -> list[str]:
+    """Every source field name in first-seen order (one pass), refusing clashes with columns."""
+    names: dict[str, None] = {}
+    for batch in stream:
+        for r in batch:
+            names.update(dict.fromkeys(r.fields))
+    clash = sorted(set(columns) & set(names))
+    if clash:
+        raise InputError(
+            f"the data has fields named like indicator columns ({', '.join(clash)}); "
+            "rename them with --map or drop --keep-fields"
+        )
+    return [k for k in names if k != "id"]
+
+
+def _write_scores(
+    out: Path,
+    table: ScoreTable,
+    columns: Sequence[str],
     *,
-    profile: str | None = None,
-    models: Mapping[str, str] | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    max_length: int | None = None,
-    dtype: str | None = None,
-) -> Any:
-    """The profile's `Plan` (indicators and left-out reasons); explicit objects are kept as given."""
-    from instructmining.indicators.profiles import Plan, build
-
-    runtime: dict[str, Any] = {
-        "device": device,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "dtype": dtype,
-    }
-    if indicators is not None and not all(isinstance(i, str) for i in indicators):
-        if models or profile or any(v is not None for v in runtime.values()):
-            raise ValueError(
-                "indicator objects carry their own settings; pass names to use profile/models"
+    stream: RecordStream | None,
+    fields: Sequence[str],
+    overwrite: bool,
+    data: str | Path,
+) -> None:
+    """Write `id` (+ the source fields) + the columns, batch by batch, atomically."""
+    with open_rows(out, overwrite=overwrite, inputs=[data]) as writer:
+        if stream is None:
+            for start in range(0, len(table), CHUNK):
+                stop = start + CHUNK
+                block = {c: table.columns[c][start:stop].tolist() for c in columns}
+                writer.write(
+                    [
+                        {"id": rid, **{c: block[c][i] for c in columns}}
+                        for i, rid in enumerate(table.ids[start:stop])
+                    ]
+                )
+            return
+        pos = 0
+        for batch in stream:
+            block = {c: table.columns[c][pos : pos + len(batch)].tolist() for c in columns}
+            writer.write(
+                [
+                    {
+                        "id": r.id,
+                        **{f: r.fields.get(f) for f in fields},
+                        **{c: block[c][i] for c in columns},
+                    }
+                    for i, r in enumerate(batch)
+                ]
             )
-        return Plan("custom", resolve(indicators))
-    names = None if indicators is None else [str(i) for i in indicators]
-    if names is not None:
-        dupes = sorted({x for x in names if names.count(x) > 1})
-        if dupes:
-            raise ValueError(f"indicators: {', '.join(dupes)} given more than once")
-    return build(profile, names=names, models=models, **runtime)
+            pos += len(batch)
+        if pos != len(table):
+            raise InputError(f"{data}: the input changed while it was being scored")
 
 
 def score_file(
@@ -388,13 +263,19 @@ def score_file(
     keep_fields: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    executor: Executor | None = None,
+    keep_records: bool = False,
+    chunk_size: int = CHUNK,
 ) -> ScoreReport:
-    """Read `data`, score every record, write `output` and `output.summary.json` atomically.
+    """Stream `data`, score every record, write `output` and `output.summary.json` atomically.
 
-    Indicators: `indicators` (names or objects), else the `profile` ("offline"
-    by default, or "paper"); `models` sets checkpoints by indicator name or
-    "unieval"; device/batch_size/max_length/dtype go to every indicator taking
-    them. `cache`: score store path (None: no cache).
+    Indicators: `indicators` (names or objects), else the `profile`; `models`
+    sets checkpoints by indicator name or "unieval"; device/batch_size/
+    max_length/dtype go to every indicator taking them. `cache`: score store
+    path (None: no cache). `executor`: where record batches run (default: this
+    process). `keep_records`: keep the records in the report (for a report page;
+    costs memory on a large file). `chunk_size`: records per computation and per
+    cache commit (at most `MODEL_CHUNK` for model indicators).
     """
     began = time.perf_counter()
     out = check_output(output, overwrite=overwrite, inputs=[data])
@@ -410,28 +291,47 @@ def score_file(
     built = plan.indicators
     if not built:
         raise InputError("no indicator to compute; see `instructmining indicators`")
-    result = read_records(data, field_map=field_map, on_error=on_error)
-    frame = score(result.records, built, cache=cache, progress=progress)
-    rejects = None
-    if result.rejects:
-        rejects = rejects_path(out)
-        write_rows([r.to_dict() for r in result.rejects], rejects, overwrite=True, inputs=[data])
-    write_rows(
-        rows_for_output(result.records, frame, keep_fields=keep_fields),
-        out,
-        overwrite=overwrite,
-        inputs=[data],
-    )
     cols = [c for ind in built for c in ind.columns]
+    stream = stream_records(data, field_map=field_map, on_error=on_error, batch_size=CHUNK)
+    fields = _source_fields(stream, cols) if keep_fields else []
+    store, owned = open_cache(cache)
+    try:
+        table = compute(
+            _StreamSource(stream),
+            built,
+            store=store,
+            executor=executor,
+            progress=progress,
+            chunk_size=chunk_size,
+        )
+    finally:
+        if owned and store is not None:
+            store.close()
+    table.left_out = dict(plan.left_out)
+    rejects = None
+    if stream.rejects:
+        rejects = rejects_path(out)
+        write_rows([r.to_dict() for r in stream.rejects], rejects, overwrite=True, inputs=[data])
+    n_rejects, schema = len(stream.rejects), stream.schema
+    _write_scores(
+        out,
+        table,
+        cols,
+        stream=stream if keep_fields else None,
+        fields=fields,
+        overwrite=overwrite,
+        data=data,
+    )
+    frame = table.frame()
     summary = summarize(frame, cols)
     health = check_health(frame, cols)
-    runs = dict(frame.attrs.get("runs", {}))
+    runs = table.run_dicts()
     summary_path = write_json(
         {
             "source": str(data),
-            "schema": result.schema,
-            "records": len(result.records),
-            "rejected": len(result.rejects),
+            "schema": schema,
+            "records": len(table),
+            "rejected": n_rejects,
             "profile": plan.profile,
             "indicators": {ind.name: ind.params() for ind in built},
             "left_out": plan.left_out,
@@ -442,14 +342,15 @@ def score_file(
         },
         out.with_name(out.name + ".summary.json"),
     )
+    records = [r for batch in stream for r in batch] if keep_records else []
     return ScoreReport(
         out,
         summary_path,
-        len(result.records),
-        result.schema,
+        len(table),
+        schema,
         summary,
         rejects,
-        len(result.rejects),
+        n_rejects,
         profile=plan.profile,
         left_out=plan.left_out,
         runs=runs,
@@ -458,6 +359,6 @@ def score_file(
         computed_by={ind.name: describe_backend(ind.params()) for ind in plan.indicators},
         health=health,
         scores=frame,
-        records=list(result.records),
+        records=records,
         columns=cols,
     )

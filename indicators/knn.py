@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from instructmining.indicators.base import Indicator
+from instructmining.indicators.keys import FIT_SAMPLE
 from instructmining.indicators.registry import register
 from instructmining.models.backends import TFIDF_SVD, load, parse
 from instructmining.models.roles import EMBEDDER
@@ -24,7 +25,7 @@ from instructmining.neighbours import (
 )
 from instructmining.records import Record, content_id
 
-__all__ = ["KNN", "example_text", "kth_neighbor_distance"]
+__all__ = ["FIT_SAMPLE", "KNN", "example_text", "kth_neighbor_distance"]
 
 
 def example_text(record: Record) -> str:
@@ -89,6 +90,9 @@ class KNN(Indicator):
         self.n_records_: int | None = None
         self.neighbours_: dict[str, Any] | None = None
         self._reference_cache: tuple[Any, np.ndarray, list[str]] | None = None
+        self._space: Any = None
+        self._fitted: dict[str, np.ndarray] = {}
+        self._fit_done = False
         self._scheme()  # a wrong scheme fails here
 
     def _scheme(self) -> str:
@@ -109,6 +113,8 @@ class KNN(Indicator):
         search = self._search()
         if search != "exact":  # approximate values never share a key with exact ones
             out["index"] = search
+        if self._sampled():  # a space fitted on a sample gives other values than the set's
+            out["fit_sample"] = FIT_SAMPLE
         return out
 
     def expect(self, n_records: int) -> None:
@@ -136,11 +142,9 @@ class KNN(Indicator):
         self.truncated_mask_ = np.zeros(len(records), dtype=bool)
         if not records:
             return np.empty(0)
-        texts = [example_text(r) for r in records]
         if self.reference is None:
-            self.expect(len(records))
-            emb = self._fit_embed(texts)
-            return self._search_kth(emb, emb, np.arange(len(texts)))
+            return self.score_phased(records)
+        texts = [example_text(r) for r in records]
         space, ref_emb, ref_ids = self._reference_space()
         emb = self._embed(space, texts)
         where: dict[str, int] = {}
@@ -150,6 +154,58 @@ class KNN(Indicator):
             [where.get(content_id(r.instruction, r.input, r.output), -1) for r in records]
         )
         return self._search_kth(emb, ref_emb, exclude)
+
+    # --- phases (scored set, no reference): fit the space, embed per batch, search ------------
+
+    def phased(self) -> bool:
+        return self.reference is None
+
+    def fit_size(self) -> int | None:
+        """tfidf-svd fits its space on at most FIT_SAMPLE records; a model needs no fit."""
+        return FIT_SAMPLE if self.backend == TFIDF_SVD else None
+
+    def _sampled(self) -> bool:
+        return self.fit_size() is not None and (self.n_records_ or 0) > FIT_SAMPLE
+
+    def fit(self, records: Sequence[Record], n_total: int) -> None:
+        self._check()
+        self.expect(n_total)
+        texts = [example_text(r) for r in records]
+        self._space = None
+        self._fitted = {}
+        self._fit_done = True
+        if n_total <= len(records):
+            # the whole set: embed it in the pass that fits the space (exactly the values
+            # of a one-call run); `transform` looks the rows up
+            emb = self._fit_embed(texts) if texts else np.empty((0, 0))
+            self._fitted = {t: emb[i] for i, t in enumerate(texts)}
+        else:
+            self._space = _fit_tfidf_svd(texts, self.dims)
+
+    def transform(self, records: Sequence[Record]) -> np.ndarray:
+        """Embeddings: float64 rows of the fitted space, or the model's float32 rows."""
+        self._check()
+        self.truncated_ = 0
+        self.truncated_mask_ = np.zeros(len(records), dtype=bool)
+        texts = [example_text(r) for r in records]
+        if self.backend != TFIDF_SVD:
+            return self._embed(self._embedder(), texts, native=True)
+        if self._fitted:
+            return np.stack([self._fitted[t] for t in texts]) if texts else np.empty((0, 0))
+        if not self._fit_done:
+            raise RuntimeError("knn6: transform before fit")
+        # a sampled space: float32 rows, as the approximate search reads them
+        return _tfidf_svd_embed(self._space, texts).astype(np.float32)
+
+    def features_cacheable(self) -> bool:
+        return self.backend != TFIDF_SVD
+
+    def finish(self, features: np.ndarray) -> np.ndarray:
+        n = len(features)
+        self.expect(n)
+        if n == 0:
+            return np.empty(0)
+        return self._search_kth(features, features, np.arange(n))
 
     def _search_kth(self, emb: np.ndarray, base: np.ndarray, exclude: np.ndarray) -> np.ndarray:
         """k-th distances by this configuration's search; what it did goes to `neighbours_`."""
@@ -212,7 +268,9 @@ class KNN(Indicator):
             return self._embedder()
         return _fit_tfidf_svd(texts, self.dims)
 
-    def _embed(self, space: Any, texts: list[str], *, count_truncation: bool = True) -> np.ndarray:
+    def _embed(
+        self, space: Any, texts: list[str], *, count_truncation: bool = True, native: bool = False
+    ) -> np.ndarray:
         if self.backend == TFIDF_SVD:
             return _tfidf_svd_embed(space, texts)
         if count_truncation:
@@ -224,7 +282,7 @@ class KNN(Indicator):
             max_length=self.max_length,
             progress=self.progress_ if count_truncation else None,
         )
-        return np.asarray(emb, dtype=np.float64)
+        return np.asarray(emb) if native else np.asarray(emb, dtype=np.float64)
 
     def _embedder(self) -> Any:
         """The shared `Embedder` of this configuration's model."""

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from instructmining.indicators.engine import describe_backend, score
+from instructmining.indicators.engine import describe_backend, score_records
 from instructmining.indicators.report import render_page, write_page
 from instructmining.regression import Rule
 from instructmining.selection.run import SelectReport
@@ -62,10 +62,10 @@ def write_select_report(
                 f"select computes only the indicators the rule uses: {', '.join(rule.features)}."
             )
     if not any(c in registered() or c.startswith("predicted_") for c in columns):
-        extra = score(report.pool, list(FALLBACK))
+        extra = score_records(report.pool, list(FALLBACK))
         for name in FALLBACK:
-            frame[name] = extra[name].to_numpy()
-            computed_by[name] = describe_backend(extra.attrs["indicators"][name])
+            frame[name] = extra.columns[name]
+            computed_by[name] = describe_backend(extra.indicators[name])
         columns = [*FALLBACK, *columns]
         notes.append(
             f"The {chosen.strategy} strategy computes no indicator; "

@@ -35,6 +35,7 @@ import numpy as np
 from instructmining.errors import InputError, InstructMiningError, ParameterError
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.engine import score
+from instructmining.indicators.executors import Executor
 from instructmining.indicators.knn import KNN
 from instructmining.indicators.registry import from_params
 from instructmining.indicators.spec import check_backend, check_params
@@ -251,6 +252,7 @@ def select(
     batch_size: int | None = None,
     cache: str | Path | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
 ) -> Selection:
     """Rank `records` and keep the best `k` / `fraction` / those under `max_predicted_loss`.
 
@@ -328,12 +330,12 @@ def select(
     ranked_by_rule = rule is not None and (chosen_strategy.uses_rule or score_rule)
     if ranked_by_rule:
         assert rule is not None
-        _score_rule(records, rule, frame, models, device, batch_size, cache, progress)
+        _score_rule(records, rule, frame, models, device, batch_size, cache, progress, executor)
     wanted = [c for c in chosen_strategy.columns() if c not in frame.columns]
     if wanted:
         built = _column_indicators(chosen_strategy, wanted, indicators, models, device, batch_size)
         try:
-            scored = score(records, built, cache=cache, progress=progress)
+            scored = score(records, built, cache=cache, progress=progress, executor=executor)
         except InstructMiningError:
             raise
         except ValueError as exc:  # e.g. ifd without a model under the lite profile
@@ -421,10 +423,11 @@ def _score_rule(
     batch_size: int | None,
     cache: str | Path | None,
     progress: bool,
+    executor: Executor | None = None,
 ) -> None:
     """Add the rule's indicators and its prediction to `frame` (warning about NaN ones)."""
     indicators = rule_indicators(rule, models=models, device=device, batch_size=batch_size)
-    scored = score(records, indicators, cache=cache, progress=progress)
+    scored = score(records, indicators, cache=cache, progress=progress, executor=executor)
     for col in scored.columns[1:]:
         frame[col] = scored[col].to_numpy()
     eta = rule.linear_predictor(frame)

@@ -10,7 +10,13 @@ from instructmining.errors import InstructMiningError
 from instructmining.indicators import profiles
 from instructmining.indicators.base import Indicator
 from instructmining.indicators.cache import ScoreCache
-from instructmining.indicators.engine import cache_key, record_keys, score, score_file
+from instructmining.indicators.engine import (
+    cache_key,
+    record_keys,
+    score,
+    score_file,
+    score_records,
+)
 from instructmining.indicators.registry import create
 from instructmining.records import make_record
 
@@ -50,20 +56,16 @@ def test_second_run_is_served_from_the_cache(tmp_path):
     records = _records(50)
     path = tmp_path / "c.sqlite"
     first_ind = Counted()
-    first = score(records, [first_ind, "output_length"], cache=path, chunk_size=16)
+    first = score_records(records, [first_ind, "output_length"], cache=path, chunk_size=16)
     assert first_ind._calls == [16, 16, 16, 2]
-    assert first.attrs["runs"]["counted"]["computed"] == 50
+    assert first.runs["counted"].computed == 50
     again_ind = Counted()
-    again = score(records, [again_ind, "output_length"], cache=path, chunk_size=16)
+    again = score_records(records, [again_ind, "output_length"], cache=path, chunk_size=16)
     assert again_ind._calls == []
-    assert again.attrs["runs"]["counted"] == {
-        **again.attrs["runs"]["counted"],
-        "computed": 0,
-        "cached": 50,
-    }
-    pd.testing.assert_frame_equal(first, again)
-    assert list(first.columns) == ["id", "counted", "output_length"]
-    assert first.attrs["indicators"]["counted"] == Counted().params()
+    assert (again.runs["counted"].computed, again.runs["counted"].cached) == (0, 50)
+    pd.testing.assert_frame_equal(first.frame(), again.frame())
+    assert list(first.frame().columns) == ["id", "counted", "output_length"]
+    assert first.indicators["counted"] == Counted().params()
 
 
 def test_only_missing_or_edited_records_are_computed(tmp_path):
@@ -119,10 +121,10 @@ def test_no_cache_recomputes_and_empty_input():
 
 
 def test_default_indicators_are_the_offline_profile(tmp_path):
-    frame = score(_records(12), cache=ScoreCache(tmp_path / "c.sqlite"))
-    assert list(frame.columns) == ["id", *profiles.OFFLINE_INDICATORS]
-    assert frame.attrs["indicators"]["knn6"]["backend"] == "tfidf-svd"
-    assert frame.attrs["indicators"]["perplexity"]["backend"] == "ngram"
+    table = score_records(_records(12), cache=ScoreCache(tmp_path / "c.sqlite"))
+    assert list(table.frame().columns) == ["id", *profiles.OFFLINE_INDICATORS]
+    assert table.indicators["knn6"]["backend"] == "tfidf-svd"
+    assert table.indicators["perplexity"]["backend"] == "ngram"
     with pytest.raises(ValueError, match="given more than once"):
         score(_records(2), ["mtld", "mtld"])
 
@@ -227,9 +229,11 @@ def test_any_cached_subset_and_chunking_give_the_uncached_result(
 
 def test_python_api_mirrors_the_command(monkeypatch):
     records = _records(9)
-    frame = score(records, ["perplexity", "knn6"], models={"perplexity": "ngram"}, max_length=32)
-    assert list(frame.columns) == ["id", "perplexity", "knn6"] and frame.attrs["left_out"] == {}
-    assert "reward" in score(records).attrs["left_out"]
+    table = score_records(
+        records, ["perplexity", "knn6"], models={"perplexity": "ngram"}, max_length=32
+    )
+    assert list(table.frame().columns) == ["id", "perplexity", "knn6"] and table.left_out == {}
+    assert "reward" in score_records(records).left_out
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InstructMiningError, match="--model"):
         score(records, profile="paper")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from instructmining.indicators.cache import ScoreCache
-from instructmining.indicators.engine import cache_key, record_keys, score
+from instructmining.indicators.engine import cache_key, record_keys, score, score_records
 from instructmining.readers import read_records
 
 SLOW_MODULE = '''
@@ -116,8 +116,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert 30 <= stored < len(records) and stored % 10 == 0  # whole committed chunks only
 
     slow = Slow(delay=0.15)
-    resumed = score(records, ["mtld", slow, "knn6", "perplexity"], cache=cache, chunk_size=10)
-    runs = resumed.attrs["runs"]
+    table = score_records(records, ["mtld", slow, "knn6", "perplexity"], cache=cache, chunk_size=10)
+    resumed = table.frame()
+    runs = table.run_dicts()
     assert runs["mtld"] == {**runs["mtld"], "computed": 0, "cached": len(records)}
     assert runs["slow"]["cached"] == stored
     assert runs["slow"]["computed"] == len(records) - stored
@@ -126,9 +127,11 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     fresh = score(records, ["mtld", Slow(delay=0.0), "knn6", "perplexity"], chunk_size=10)
     pd.testing.assert_frame_equal(resumed, fresh, check_exact=True)
     # a third run computes nothing
-    third = score(records, ["mtld", Slow(), "knn6", "perplexity"], cache=cache, chunk_size=10)
-    assert all(r["computed"] == 0 for r in third.attrs["runs"].values())
-    pd.testing.assert_frame_equal(third, fresh, check_exact=True)
+    again = score_records(
+        records, ["mtld", Slow(), "knn6", "perplexity"], cache=cache, chunk_size=10
+    )
+    assert all(r.computed == 0 for r in again.runs.values())
+    pd.testing.assert_frame_equal(again.frame(), fresh, check_exact=True)
 
 
 @pytest.mark.slow

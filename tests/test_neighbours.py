@@ -10,7 +10,7 @@ import pytest
 
 from instructmining import neighbours
 from instructmining.errors import ParameterError
-from instructmining.indicators.engine import score
+from instructmining.indicators.engine import score_records
 from instructmining.indicators.registry import create
 from instructmining.indicators.spec import IndicatorSettingsError, check_params
 from instructmining.records import make_record
@@ -105,17 +105,18 @@ def test_knn6_keys_change_only_for_approximate_pools(monkeypatch):
     assert create("knn6", index="exact").key() == exact_key
     monkeypatch.setattr(neighbours, "EXACT_MAX", 20)
     monkeypatch.setattr(neighbours, "RECALL_SAMPLE", 30)
-    frame = score(records, [create("knn6")])
-    run = frame.attrs["runs"]["knn6"]
-    assert frame.attrs["indicators"]["knn6"]["index"] == neighbours.APPROXIMATE
+    table = score_records(records, [create("knn6")])
+    frame = table.frame()
+    run = table.runs["knn6"].to_dict()
+    assert table.indicators["knn6"]["index"] == neighbours.APPROXIMATE
     assert run["neighbours"]["index"] == "ivf" and run["neighbours"]["sampled"] == 30
     assert run["neighbours"]["recall"] >= 0.9
     got = frame["knn6"].to_numpy()
     assert np.isclose(got, before, atol=1e-9).mean() >= 0.9
-    small = score(records[:15], [create("knn6")])  # at most EXACT_MAX: exact, key unchanged
-    assert "index" not in small.attrs["indicators"]["knn6"]
-    assert "neighbours" not in small.attrs["runs"]["knn6"]
-    json.dumps(frame.attrs["runs"])
+    small = score_records(records[:15], [create("knn6")])  # at most EXACT_MAX: exact, same key
+    assert "index" not in small.indicators["knn6"]
+    assert "neighbours" not in small.runs["knn6"].to_dict()
+    json.dumps(table.run_dicts())
 
 
 def test_score_prints_the_recall(monkeypatch, tmp_path):

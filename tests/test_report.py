@@ -170,7 +170,9 @@ def no_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
     names = ("indicators.engine", "selection.select", "selection.report")
     modules = [importlib.import_module(f"instructmining.{name}") for name in names]
     for module in modules:  # all imported before any is patched
-        monkeypatch.setattr(module, "score", boom)
+        for entry in ("score", "score_records", "compute"):
+            if hasattr(module, entry):
+                monkeypatch.setattr(module, entry, boom)
 
 
 @pytest.mark.parametrize("command", ["score", "select"])
