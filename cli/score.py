@@ -261,6 +261,11 @@ def score_command(
     if report.cache is not None:
         click.echo(f"cache {report.cache}: {cached} scores reused, {computed} computed")
     for name, run in report.runs.items():
+        if run.get("features_computed") is not None:
+            click.echo(
+                f"{name}: {run['features_computed']} embeddings computed, "
+                f"{run['features_cached']} from the cache"
+            )
         if run["truncated"]:
             click.echo(f"{name}: {run['truncated']} records truncated at the maximum length")
     click.echo(format_summary(report.summary))

@@ -163,3 +163,25 @@ def test_the_sample_is_the_smallest_keys_whatever_the_order():
     sample = keys_module.fit_sample(records, 10)
     assert sample == keys_module.fit_sample(list(reversed(records)), 10)
     assert sorted(keys_module.record_keys(sample)) == sorted(keys_module.record_keys(records))[:10]
+
+
+def test_engine_options_are_checked_before_any_work(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from instructmining.cli import main
+    from instructmining.errors import MissingPackageError
+    from instructmining.indicators import ray_executor
+
+    data = tmp_path / "pool.jsonl"
+    _write_jsonl(data, _records(5))
+    out = tmp_path / "s.jsonl"
+    result = CliRunner().invoke(main, ["score", str(data), "-o", str(out), "--gpus-per-actor", "1"])
+    assert result.exit_code == 2 and "need --engine ray" in result.output
+
+    def missing():
+        raise MissingPackageError("the Ray executor needs ray: pip install 'instructmining[ray]'")
+
+    monkeypatch.setattr(ray_executor, "require_ray", missing)
+    result = CliRunner().invoke(main, ["score", str(data), "-o", str(out), "--engine", "ray"])
+    assert result.exit_code == 1 and "pip install 'instructmining[ray]'" in result.output
+    assert not out.exists()
