@@ -61,6 +61,25 @@ def test_approximate_path_reports_its_recall(monkeypatch, kind):
     assert "recall" in found.describe()
 
 
+def test_spread_out_data_falls_back_to_exact_only_while_exact_is_affordable(monkeypatch):
+    monkeypatch.setattr(neighbours, "RECALL_SAMPLE", 100)
+    monkeypatch.setattr(neighbours, "IVF_TUNE_SAMPLE", 100)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 64))  # no structure: inverted lists cannot reach 0.99
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    want, _ = _brute(x, 6)
+    small = neighbours.kth_neighbours(x, k=6, threshold=100)
+    assert small.index == "exact" and "did not reach" in small.note
+    np.testing.assert_allclose(small.distances, want, atol=1e-12)
+    monkeypatch.setattr(neighbours, "EXACT_FALLBACK_MAX", 1000)  # 3,000 rows: "too many"
+    large = neighbours.kth_neighbours(x, k=6, threshold=100)
+    assert large.index == "ivf" and large.recall is not None and large.recall < 0.99
+    assert "below the recall target" in large.note and "recall" in large.describe()
+    assert (large.distances >= want - 1e-9).all()  # a miss only makes a distance larger
+    hit = np.isclose(large.distances, want, atol=1e-9).mean()
+    assert abs(hit - large.recall) < 0.1  # the sampled recall tells the truth
+
+
 def test_without_faiss_the_search_stays_exact(monkeypatch):
     real = builtins.__import__
 
