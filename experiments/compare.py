@@ -57,7 +57,9 @@ STRATEGIES = ("rule", "random", "longest")
 #: the strategy every other one is paired with
 BASELINE = "random"
 #: part of the comparison folder's fingerprint: bumped when the rows change meaning
-_FORMAT = 2
+#: (3: the folder no longer depends on the strategies or the rule; runs of a strategy
+#: that reads the rule are keyed by the rule's digest)
+_FORMAT = 3
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -332,25 +334,32 @@ def compare_strategies(
         )
     base = prepare_base(study, settings, progress=progress)
     settings = resolve_settings(settings, base)
+    # One folder per pool, size, base model, training and indicators: a strategy added
+    # later, or a new rule, runs only its own subsets; random and the other baselines are
+    # shared. A run of a strategy that reads the rule carries the rule's digest.
     key = _fingerprint(
         sorted(r.id for r in records),
-        rule.to_dict(),
         size,
         settings.base_model,
         settings.train.key(),
-        sorted(strategies),
         study.indicator_params,
         _FORMAT,
     )
+    rule_digest = _fingerprint(rule.to_dict())[:8]
+
+    def run_id(strategy: str, seed: int) -> str:
+        tag = f"@{rule_digest}" if parse(strategy).uses_rule else ""
+        return f"{strategy}{tag}-seed{seed}"
+
     folder = study.path / "compare" / key
     folder.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(folder / "runs.sqlite")
-    finished = {run_id for run_id, e in store.entries().items() if e.status == "done"}
+    finished = {rid for rid, e in store.entries().items() if e.status == "done"}
     todo = [
         (strategy, seed)
         for strategy in strategies
         for seed in range(seeds)
-        if f"{strategy}-seed{seed}" not in finished
+        if run_id(strategy, seed) not in finished
     ]
     # every subset and its means first: a strategy that cannot be applied stops before any
     # training, and a resumed comparison finds every score it needs in the cache
@@ -379,28 +388,37 @@ def compare_strategies(
     for strategy, seed in todo:
         pick = (strategy, seed if strategy in seeded else 0)
         subset = subsets[pick]
-        run_id = f"{strategy}-seed{seed}"
+        rid = run_id(strategy, seed)
         run_settings = replace(settings, train=replace(settings.train, seed=seed))
         try:
             row = train_and_evaluate(
                 base, subset, study.eval_records, run_settings, progress=progress
             )
         except Exception as exc:  # one failed run is recorded; the comparison goes on
-            store.record_failed(run_id, describe_error(exc))
+            store.record_failed(rid, describe_error(exc))
             if on_result:
                 on_result(strategy, seed, describe_error(exc))
             continue
         row |= {
             "strategy": strategy,
+            "rule_digest": rule_digest if parse(strategy).uses_rule else "",
             "seed": seed,
             "size": size,
             "subset_mean_output_words": float(np.mean([len(r.output.split()) for r in subset])),
             **{f"subset_mean_{name}": value for name, value in means[pick].items()},
         }
-        store.record_done(run_id, row)
+        store.record_done(rid, row)
         if on_result:
             on_result(strategy, seed, row)
-    runs = store.table()
+    wanted = {run_id(s, seed) for s in strategies for seed in range(seeds)}
+    entries = store.entries()
+    done = sorted(
+        (e for rid, e in entries.items() if rid in wanted and e.status == "done" and e.row),
+        key=lambda e: e.finished,
+    )
+    import pandas as pd
+
+    runs = pd.DataFrame.from_records([e.row for e in done])
     if runs.empty:
         raise InstructMiningError(
             f"no run of the comparison finished; see {folder / 'runs.sqlite'}"

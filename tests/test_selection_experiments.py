@@ -302,10 +302,11 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     assert [r["strategy"] for r in doc["subset_means"]] == strategies
     assert doc["paired_vs_random"][0]["difference"] == "rule - random"
 
-    # a killed comparison resumes: finished runs are skipped, no score is computed again
+    # a strategy added later runs alone (the others are shared), and a kill during it
+    # resumes: finished runs are skipped, no score is computed again
     monkeypatch.setattr(
         "instructmining.experiments.compare.train_and_evaluate",
-        StubTraining(stop_after=3),
+        StubTraining(stop_after=1),
     )
     more = [*strategies, "top:input_length"]
     with pytest.raises(KeyboardInterrupt):
@@ -323,7 +324,7 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     again = compare_strategies(
         study_dir, pool, RANGED_RULE, size=8, seeds=2, settings=settings, strategies=more
     )
-    assert len(resumed.subsets) == 2 * len(more) - 3
+    assert len(resumed.subsets) == 1  # the second seed of top:input_length
     assert len(again.runs) == 2 * len(more)
 
 
@@ -350,3 +351,47 @@ def test_cli_compare_rejects_unknown_strategies(study_dir, tmp_path):
     result = CliRunner().invoke(main, [*base, "--size", "4", "--strategies", "rule-in-range"])
     assert result.exit_code == 2 and "fitted range" in result.output
     assert result.output.strip().count("\n") == 0
+
+
+def test_compare_adds_strategies_and_rules_without_retraining_the_others(
+    study_dir, monkeypatch, tiny_causal_lm
+):
+    settings = runner.settings_for(str(tiny_causal_lm), **SMALL)
+    pool = pool_records()
+    first = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", first)
+    compare_strategies(
+        study_dir, pool, RULE, size=8, seeds=2, settings=settings, strategies=["rule", "random"]
+    )
+    assert len(first.subsets) == 4
+    # one more strategy: only its two runs train; the table shows the three asked for
+    second = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", second)
+    more = compare_strategies(
+        study_dir,
+        pool,
+        RULE,
+        size=8,
+        seeds=2,
+        settings=settings,
+        strategies=["rule", "random", "longest"],
+    )
+    assert len(second.subsets) == 2
+    assert sorted(more.runs["strategy"].unique()) == ["longest", "random", "rule"]
+    # another rule: its rule runs train, random is shared; the old rule's runs are not shown
+    third = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", third)
+    other = compare_strategies(
+        study_dir,
+        pool,
+        RANGED_RULE,
+        size=8,
+        seeds=2,
+        settings=settings,
+        strategies=["rule", "random"],
+    )
+    assert len(third.subsets) == 2 and len(other.runs) == 4
+    assert other.folder == more.folder
+    assert set(other.runs.query("strategy == 'rule'")["rule_digest"]) != set(
+        more.runs.query("strategy == 'rule'")["rule_digest"]
+    )
