@@ -114,6 +114,10 @@ def main() -> None:
             emb = real_texts(args.dims)
             print(f"embedded in {time.perf_counter() - t:.1f} s")
             run(emb, "shared pools, TF-IDF + SVD", args.queries, searches)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of the whole run: {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

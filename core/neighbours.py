@@ -345,11 +345,14 @@ def _ivf_candidates(
     kmeans.train(train)
     quantizer = faiss.IndexFlatL2(d)
     quantizer.add(kmeans.centroids)
-    nearest = quantizer.search(b32, min(lists, max(IVF_PROBES)))[1].astype(np.int64)
-    home = nearest[:, 0] if q32 is b32 else quantizer.search(q32, 1)[1].astype(np.int64).ravel()
+    # row ids as int32 (n < 2**31): at 1M rows x 48 lists every copy counts
+    nearest = quantizer.search(b32, min(lists, max(IVF_PROBES)))[1].astype(np.int32)
+    home = nearest[:, 0].copy() if q32 is b32 else quantizer.search(q32, 1)[1].ravel()
     tune, truth = tuning
     tune_ex = None if exclude is None else exclude[tune]
+    members: list[np.ndarray] = []
     for probe in IVF_PROBES:
+        members = []  # the previous probe's lists go before the next are built
         members = _file(nearest[:, :probe], lists)
         found = _scan(faiss, q32, b32, tune, home, members, want)
         got = _rerank(np.asarray(queries)[tune], base, found, k, tune_ex)[0]
@@ -361,12 +364,22 @@ def _ivf_candidates(
 
 
 def _file(nearest: np.ndarray, lists: int) -> list[np.ndarray]:
-    """Base rows of each list, given each row's lists (-1: none)."""
-    filed = nearest.ravel()
-    rows = np.repeat(np.arange(len(nearest), dtype=np.int64), nearest.shape[1])[filed >= 0]
-    filed = filed[filed >= 0]
-    by_list = np.argsort(filed, kind="stable")
-    return np.split(rows[by_list], np.searchsorted(filed[by_list], np.arange(1, lists)))
+    """Base rows (int32) of each list, in row order, given each row's lists (-1: none).
+
+    One int64 key per (list, row) pair, list in the high half and row in the low
+    half, sorted in place: the fewest copies of an array that holds p entries per row.
+    """
+    key = nearest.astype(np.int64)
+    key <<= 32
+    key |= np.arange(len(nearest), dtype=np.int64)[:, None]
+    key = key.ravel()
+    if (nearest < 0).any():
+        key = key[key >= 0]
+    key.sort()
+    cuts = np.searchsorted(key, np.arange(1, lists, dtype=np.int64) << 32)
+    rows = key.astype(np.int32)  # the low half: the row
+    del key
+    return np.split(rows, cuts)
 
 
 def _scan(
