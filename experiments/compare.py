@@ -418,7 +418,7 @@ def compare_strategies(
     )
     import pandas as pd
 
-    runs = pd.DataFrame.from_records([e.row for e in done])
+    runs = pd.DataFrame.from_records([e.row for e in done if e.row is not None])
     if runs.empty:
         raise InstructMiningError(
             f"no run of the comparison finished; see {folder / 'runs.sqlite'}"
