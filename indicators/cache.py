@@ -172,24 +172,12 @@ class ScoreCache:
         truncated = np.zeros(n, dtype=bool)
         if n == 0:
             return found, values, truncated
-        conn = self._connect()
-        position: dict[str, list[int]] = {}
-        for i, r in enumerate(records):
-            position.setdefault(r, []).append(i)
-        # a temporary table joined on the primary key: one query whatever the number of ids
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (record TEXT PRIMARY KEY)")
-        conn.execute("BEGIN")
-        try:
-            conn.execute("DELETE FROM wanted")
-            conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((r,) for r in position))
-            rows = conn.execute(
-                "SELECT s.record, s.value, s.truncated FROM scores s "
-                "JOIN wanted w ON s.record = w.record WHERE s.key = ?",
-                (key,),
-            ).fetchall()
-            conn.execute("DELETE FROM wanted")
-        finally:
-            conn.execute("COMMIT")
+        position, rows = self._select(
+            "SELECT s.record, s.value, s.truncated FROM scores s "
+            "JOIN wanted w ON s.record = w.record WHERE s.key = ?",
+            key,
+            records,
+        )
         for record, value, trunc in rows:
             for i in position[record]:
                 found[i] = True
@@ -222,6 +210,28 @@ class ScoreCache:
             raise
         conn.execute("COMMIT")
 
+    def _select(
+        self, query: str, key: str, records: Sequence[str]
+    ) -> tuple[dict[str, list[int]], list[Any]]:
+        """(positions of each record key, rows of `query` joined on a temp table of the keys).
+
+        A temporary table joined on the primary key: one query whatever the number of ids.
+        """
+        conn = self._connect()
+        position: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            position.setdefault(r, []).append(i)
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (record TEXT PRIMARY KEY)")
+        conn.execute("BEGIN")
+        try:
+            conn.execute("DELETE FROM wanted")
+            conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((r,) for r in position))
+            rows = conn.execute(query, (key,)).fetchall()
+            conn.execute("DELETE FROM wanted")
+        finally:
+            conn.execute("COMMIT")
+        return position, rows
+
     @_guarded
     def get_vectors(
         self, key: str, records: Sequence[str]
@@ -237,23 +247,12 @@ class ScoreCache:
         truncated = np.zeros(n, dtype=bool)
         if n == 0:
             return found, rows, truncated
-        conn = self._connect()
-        position: dict[str, list[int]] = {}
-        for i, r in enumerate(records):
-            position.setdefault(r, []).append(i)
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (record TEXT PRIMARY KEY)")
-        conn.execute("BEGIN")
-        try:
-            conn.execute("DELETE FROM wanted")
-            conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((r,) for r in position))
-            got = conn.execute(
-                "SELECT v.record, v.dtype, v.value, v.truncated FROM vectors v "
-                "JOIN wanted w ON v.record = w.record WHERE v.key = ?",
-                (key,),
-            ).fetchall()
-            conn.execute("DELETE FROM wanted")
-        finally:
-            conn.execute("COMMIT")
+        position, got = self._select(
+            "SELECT v.record, v.dtype, v.value, v.truncated FROM vectors v "
+            "JOIN wanted w ON v.record = w.record WHERE v.key = ?",
+            key,
+            records,
+        )
         for record, dtype, value, trunc in got:
             row = np.frombuffer(value, dtype=np.dtype(dtype))
             for i in position[record]:

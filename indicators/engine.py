@@ -93,10 +93,23 @@ def score_records(
     )
     if chunk_size < 1:
         raise ValueError(f"The 'chunk_size' parameter of score must be >= 1. Got {chunk_size}.")
+    table = _compute(ListSource(records, chunk_size), plan, cache, executor, progress, chunk_size)
+    return table
+
+
+def _compute(
+    source: Any,
+    plan: Any,
+    cache: str | Path | ScoreCache | None,
+    executor: Executor | None,
+    progress: bool,
+    chunk_size: int,
+) -> ScoreTable:
+    """`compute` through a cache opened (and closed) here when given as a path."""
     store, owned = open_cache(cache)
     try:
         table = compute(
-            ListSource(records, chunk_size),
+            source,
             plan.indicators,
             store=store,
             executor=executor,
@@ -294,20 +307,7 @@ def score_file(
     cols = [c for ind in built for c in ind.columns]
     stream = stream_records(data, field_map=field_map, on_error=on_error, batch_size=CHUNK)
     fields = _source_fields(stream, cols) if keep_fields else []
-    store, owned = open_cache(cache)
-    try:
-        table = compute(
-            _StreamSource(stream),
-            built,
-            store=store,
-            executor=executor,
-            progress=progress,
-            chunk_size=chunk_size,
-        )
-    finally:
-        if owned and store is not None:
-            store.close()
-    table.left_out = dict(plan.left_out)
+    table = _compute(_StreamSource(stream), plan, cache, executor, progress, chunk_size)
     rejects = None
     if stream.rejects:
         rejects = rejects_path(out)
