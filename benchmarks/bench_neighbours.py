@@ -12,7 +12,9 @@ scaled to all n (their cost is linear in the queries); the approximate ones
 (`instructmining.neighbours`, "ivf" and "hnsw") run on everything, recall measured
 as the module reports it (1,000 seeded queries against exact search). `--real`
 adds the shared pools' texts (dolly 3k + alpaca 9k) embedded by knn6's TF-IDF +
-SVD at 384 dimensions. Measures, asserts nothing.
+SVD at 384 dimensions. Peak RSS is the process's high-water mark during each search
+(reset before it through /proc/self/clear_refs on Linux; it includes the data, held
+once in float32). Measures, asserts nothing.
 """
 
 from __future__ import annotations
@@ -29,17 +31,45 @@ POOLS = REPO.parent / "shared" / "data" / "pools"
 
 
 def mixture(n: int, dims: int, seed: int = 0) -> np.ndarray:
-    """Unit float32 rows: topic + subtopic + noise, normalised."""
+    """Unit float32 rows: topic + subtopic + noise, normalised (built in chunks, so
+    that the data's own peak memory is its float32 size)."""
     rng = np.random.default_rng(seed)
     topics = rng.normal(size=(200, dims)) / np.sqrt(dims)
     leaves = np.repeat(topics, 10, axis=0) + 0.7 * rng.normal(size=(2000, dims)) / np.sqrt(dims)
-    x = leaves[rng.integers(0, 2000, n)] + 0.8 * rng.normal(size=(n, dims)) / np.sqrt(dims)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
+    x = np.empty((n, dims), dtype=np.float32)
+    for start in range(0, n, 50_000):
+        m = min(n, start + 50_000) - start
+        part = leaves[rng.integers(0, 2000, m)] + 0.8 * rng.normal(size=(m, dims)) / np.sqrt(dims)
+        part /= np.linalg.norm(part, axis=1, keepdims=True)
+        x[start : start + m] = part
+    return x
+
+
+def _reset_peak() -> None:
+    """Reset the process's peak resident memory (Linux: clear_refs 5), if allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_mib() -> float:
+    """Peak resident memory since the last `_reset_peak` (Linux), else of the run, MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _row(name: str, n: int, seconds: float, recall: str, how: str) -> None:
-    print(f"| {name} | {n:,} | {seconds:.1f} | {recall} | {how} |", flush=True)
+    peak = _peak_mib()
+    print(f"| {name} | {n:,} | {seconds:.1f} | {recall} | {peak:,.0f} | {how} |", flush=True)
+    _reset_peak()
 
 
 def run(x: np.ndarray, label: str, queries: int, searches: list[str], k: int = 6) -> None:
@@ -49,8 +79,9 @@ def run(x: np.ndarray, label: str, queries: int, searches: list[str], k: int = 6
 
     n = len(x)
     print(f"\n{label}: {n:,} x {x.shape[1]}\n")
-    print("| search | n | seconds | recall of the 6th neighbour | how |")
-    print("|---|---|---|---|---|")
+    print("| search | n | seconds | recall of the 6th neighbour | peak RSS MiB | how |")
+    print("|---|---|---|---|---|---|")
+    _reset_peak()
     rng = np.random.default_rng(1)
     q = np.sort(rng.choice(n, size=min(n, queries), replace=False))
     scale = n / len(q)

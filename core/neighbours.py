@@ -37,18 +37,20 @@ APPROXIMATE = "ivf"
 EXACT_MAX = 20_000
 #: queries whose k-th neighbour is also found exactly to measure the recall
 RECALL_SAMPLE = 1000
-#: HNSW graph: links per node, candidate lists at build and at search time
+#: HNSW graph: links per node, candidate list at build time, and the search-time
+#: candidate lists tried in turn until the tuning sample's recall reaches the target
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 64
+HNSW_EF_SEARCH = (64, 128, 256, 512)
 #: IVF: inverted lists per sqrt(rows), lists each row is filed in (tried in turn),
 #: k-means iterations and training rows per list
 IVF_LISTS_PER_SQRT = 2
 IVF_PROBES = (3, 6, 12, 24, 48)
 IVF_KMEANS_ITERATIONS = 10
 IVF_TRAIN_PER_LIST = 40
-#: queries (drawn apart from the reported sample) that pick the IVF lists per row
-IVF_TUNE_SAMPLE = 500
+#: queries (drawn apart from the reported sample) that tune the approximate search:
+#: the IVF lists per row, the HNSW search's candidate list
+TUNE_SAMPLE = 500
 #: recall the IVF search is tuned to reach before it is used
 RECALL_TARGET = 0.99
 #: largest base searched exactly when IVF misses the target; above it exact search
@@ -156,7 +158,7 @@ def kth_neighbours(
     # one exact search for two seeded samples of queries: one tunes the IVF lists,
     # the other (never seen by the tuning) measures the recall that is reported
     n_q = len(queries)
-    extra = IVF_TUNE_SAMPLE if kind == "ivf" else 0
+    extra = TUNE_SAMPLE
     drawn = np.random.default_rng(seed).permutation(n_q)[: RECALL_SAMPLE + extra]
     report = np.sort(drawn[:RECALL_SAMPLE])
     tune = np.sort(drawn[RECALL_SAMPLE:]) if len(drawn) > RECALL_SAMPLE else report
@@ -172,10 +174,14 @@ def kth_neighbours(
         return Neighbours(dist, ids if with_ids else None, "exact", note=note)
     hit = float(_hits(dist[report], truth[: len(report)]).mean())
     if hit < RECALL_TARGET:
+        why = (
+            f"exact search of {len(base):,} rows is out of reach above {EXACT_FALLBACK_MAX:,}"
+            if kind == "ivf"
+            else f"efSearch {HNSW_EF_SEARCH[-1]} was the widest search tried"
+        )
         note = (
-            f"below the recall target {RECALL_TARGET}: exact search of {len(base):,} rows is "
-            f"out of reach above {EXACT_FALLBACK_MAX:,}; a missed neighbour only makes a "
-            "distance larger"
+            f"below the recall target {RECALL_TARGET}: {why}; a missed neighbour only makes "
+            "a distance larger"
         )
     return Neighbours(dist, ids if with_ids else None, kind, hit, len(report), note)
 
@@ -247,11 +253,7 @@ def _approximate(
     q32 = b32 if queries is base else np.ascontiguousarray(queries, dtype=np.float32)
     want = k + (0 if exclude is None else 1)
     if kind == "hnsw":
-        idx = faiss.IndexHNSWFlat(b32.shape[1], HNSW_M)
-        idx.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        idx.add(b32)
-        idx.hnsw.efSearch = max(HNSW_EF_SEARCH, want)
-        cand = idx.search(q32, want)[1].astype(np.int64)
+        cand = _hnsw_candidates(faiss, queries, base, q32, b32, k, exclude, tuning)
     else:
         found = _ivf_candidates(faiss, queries, base, q32, b32, k, exclude, seed, tuning)
         if found is None:  # too spread out for inverted lists, and small enough: exactly
@@ -310,6 +312,37 @@ def _rerank(
     ids[np.isinf(near)] = -1
     kth = near[:, k - 1] if near.shape[1] >= k else np.full(len(cand), np.inf)
     return np.where(np.isinf(kth), np.nan, np.sqrt(kth)), ids
+
+
+def _hnsw_candidates(
+    faiss: Any,
+    queries: np.ndarray,
+    base: np.ndarray,
+    q32: np.ndarray,
+    b32: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None,
+    tuning: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """k (+1 with `exclude`) candidate base rows per query from one HNSW graph.
+
+    The graph is built once; its search-time candidate list (efSearch) is the first
+    of HNSW_EF_SEARCH whose recall on the `tuning` queries reaches RECALL_TARGET,
+    else the widest (a wider list costs search time, not another build).
+    """
+    want = k + (0 if exclude is None else 1)
+    idx = faiss.IndexHNSWFlat(b32.shape[1], HNSW_M)
+    idx.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    idx.add(b32)
+    tune, truth = tuning
+    tune_ex = None if exclude is None else exclude[tune]
+    for ef in HNSW_EF_SEARCH:
+        idx.hnsw.efSearch = max(ef, want)
+        found = idx.search(np.ascontiguousarray(q32[tune]), want)[1].astype(np.int64)
+        got = _rerank(np.asarray(queries)[tune], base, found, k, tune_ex)[0]
+        if _hits(got, truth).mean() >= RECALL_TARGET:
+            break
+    return idx.search(q32, want)[1].astype(np.int64)
 
 
 def _ivf_candidates(

@@ -63,7 +63,7 @@ def test_approximate_path_reports_its_recall(monkeypatch, kind):
 
 def test_spread_out_data_falls_back_to_exact_only_while_exact_is_affordable(monkeypatch):
     monkeypatch.setattr(neighbours, "RECALL_SAMPLE", 100)
-    monkeypatch.setattr(neighbours, "IVF_TUNE_SAMPLE", 100)
+    monkeypatch.setattr(neighbours, "TUNE_SAMPLE", 100)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3000, 64))  # no structure: inverted lists cannot reach 0.99
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -78,6 +78,25 @@ def test_spread_out_data_falls_back_to_exact_only_while_exact_is_affordable(monk
     assert (large.distances >= want - 1e-9).all()  # a miss only makes a distance larger
     hit = np.isclose(large.distances, want, atol=1e-9).mean()
     assert abs(hit - large.recall) < 0.1  # the sampled recall tells the truth
+
+
+def test_hnsw_widens_its_search_list_until_the_recall_target(monkeypatch):
+    monkeypatch.setattr(neighbours, "RECALL_SAMPLE", 200)
+    monkeypatch.setattr(neighbours, "TUNE_SAMPLE", 200)
+    monkeypatch.setattr(neighbours, "HNSW_M", 8)  # a sparse graph: a short list misses
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2000, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    want, _ = _brute(x, 6)
+    monkeypatch.setattr(neighbours, "HNSW_EF_SEARCH", (7,))
+    narrow = neighbours.kth_neighbours(x, k=6, index="hnsw")
+    assert narrow.recall is not None and narrow.recall < 0.99
+    assert "efSearch 7 was the widest" in narrow.note and "out of reach" not in narrow.note
+    monkeypatch.setattr(neighbours, "HNSW_EF_SEARCH", (7, 400))
+    wide = neighbours.kth_neighbours(x, k=6, index="hnsw")
+    assert wide.recall is not None and wide.recall >= 0.99 and wide.note == ""
+    assert np.isclose(wide.distances, want, atol=1e-9).mean() >= 0.98
+    assert (wide.distances >= want - 1e-9).all()
 
 
 def test_without_faiss_the_search_stays_exact(monkeypatch):

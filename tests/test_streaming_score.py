@@ -134,6 +134,26 @@ def test_adding_records_computes_only_their_embeddings(tmp_path, tiny_sentence_t
     np.testing.assert_array_equal(again.columns["knn6"], second.columns["knn6"])
 
 
+@pytest.mark.slow  # about a minute: 10,000 texts through the tiny model
+def test_ten_new_records_in_a_scored_10k_pool_cost_ten_embeddings(
+    tmp_path, tiny_sentence_transformer
+):
+    """The issue's acceptance at its own size: 10,000 scored records, then 10 more."""
+    pool, more = _records(10_000), _records(10, seed=9, prefix="new")
+    cache = ScoreCache(tmp_path / "c.sqlite")
+
+    def knn():
+        return create("knn6", model=f"st:{tiny_sentence_transformer}", device="cpu")
+
+    first = score_records(pool, [knn()], cache=cache)
+    assert first.runs["knn6"].features_computed == 10_000
+    second = score_records(pool + more, [knn()], cache=cache)
+    run = second.runs["knn6"]
+    assert (run.features_computed, run.features_cached) == (10, 10_000)
+    assert cache.count_vectors() == 10_010
+    assert np.isfinite(second.columns["knn6"]).all()
+
+
 @pytest.fixture
 def small_fit(monkeypatch):
     """Set-level fits read at most 25 records, so that 80 records take the sampled path."""
