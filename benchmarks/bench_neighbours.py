@@ -20,6 +20,7 @@ once in float32). Measures, asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -47,10 +48,8 @@ def mixture(n: int, dims: int, seed: int = 0) -> np.ndarray:
 
 def _reset_peak() -> None:
     """Reset the process's peak resident memory (Linux: clear_refs 5), if allowed."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _peak_mib() -> float:

@@ -6,12 +6,13 @@ One module for every place that looks for neighbours (knn6, the diversity pass o
 - `kth_neighbours`: each query's distance to its k-th nearest row of a base (the
   query itself excluded). Up to `EXACT_MAX` base rows the search is exact (numpy,
   float64: the values knn6 has always had). Above it, with faiss installed, an
-  approximate index (inverted lists, "ivf", or an HNSW graph, "hnsw") proposes
-  candidates in seconds where exact search takes minutes, and each candidate's
-  distance is recomputed exactly, so a value is either exact or too large. Its recall
-  of the true k-th neighbour is measured against exact search on a seeded sample of
-  `RECALL_SAMPLE` queries and returned for the caller's summary. Without faiss the
-  search stays exact and says so in `Neighbours.note`.
+  approximate index (inverted lists, "ivf", then if those miss the recall target an
+  HNSW graph, "hnsw") proposes candidates in seconds where exact search takes
+  minutes, and each candidate's distance is recomputed exactly, so a value is either
+  exact or too large. Its recall of the true k-th neighbour is measured against
+  exact search on a seeded sample of `RECALL_SAMPLE` queries and returned for the
+  caller's summary. Without faiss the search stays exact and says so in
+  `Neighbours.note`.
 - `pairs_within`: every pair of rows with cosine similarity at least a threshold
   (exact; faiss's BLAS range search above `EXACT_MAX`, confirmed in float64).
 - `squared_distances`: squared Euclidean distances from one row to all rows.
@@ -21,6 +22,7 @@ Distances are Euclidean (0..2 on unit vectors). Rows may be zero (an empty text)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +30,13 @@ import numpy as np
 
 from instructmining.errors import ParameterError
 
-#: `index` values: "auto" is exact up to `EXACT_MAX` base rows and `APPROXIMATE` above
+#: `index` values: "auto" is exact up to `EXACT_MAX` base rows and approximate above
 INDEXES = ("auto", "exact", "hnsw", "ivf")
-#: the approximate index "auto" picks above `EXACT_MAX`: IVF reached recall 0.99 at
-#: 100k x 384 in ~12 s on this busy 2-core machine, HNSW 0.94 in ~70 s (docs/indicators.md)
-APPROXIMATE = "ivf"
+#: the indexes "auto" tries above `EXACT_MAX`, in turn, until one reaches the recall
+#: target on the tuning sample: IVF is the fastest on clustered vectors (100k x 384 in
+#: 6.5 s at recall 1.0); HNSW reaches the target on spread-out ones, such as TF-IDF +
+#: SVD vectors of real instructions, where IVF does not (docs/indicators.md)
+AUTO_TRIES = ("ivf", "hnsw")
 #: largest base searched exactly by "auto"
 EXACT_MAX = 20_000
 #: queries whose k-th neighbour is also found exactly to measure the recall
@@ -53,9 +57,10 @@ IVF_TRAIN_PER_LIST = 40
 TUNE_SAMPLE = 500
 #: recall the IVF search is tuned to reach before it is used
 RECALL_TARGET = 0.99
-#: largest base searched exactly when IVF misses the target; above it exact search
-#: (O(n^2): hours at 1M rows on 2 cores) is out of reach, so the widest IVF search
-#: tried is kept and its measured recall reported below the target
+#: largest base searched exactly when the approximate indexes miss the target; above
+#: it exact search (O(n^2): hours at 1M rows on 2 cores) is out of reach, so "auto"
+#: builds only its first index (a second one's memory and build time at that size
+#: are not worth a chance) and the widest search tried is kept, its recall reported
 EXACT_FALLBACK_MAX = 200_000
 
 _BLOCK = 1024  # query rows per distance block: bounds memory at 1024 x n doubles
@@ -110,15 +115,16 @@ def faiss_module() -> Any | None:
 
 
 def resolve_index(index: str, n_base: int | None, *, threshold: int | None = None) -> str:
-    """The search `index` means for a base of `n_base` rows: "exact", "hnsw" or "ivf".
+    """The search `index` means for a base of `n_base` rows: "exact", "hnsw", "ivf" or
+    "approximate" (the indexes of `AUTO_TRIES` in turn).
 
     "auto" is exact up to `threshold` (default `EXACT_MAX`) rows or for an unknown
-    size, `APPROXIMATE` above. Approximate indexes need faiss: without it, "exact".
+    size, "approximate" above. Approximate indexes need faiss: without it, "exact".
     """
     check_index(index)
     limit = EXACT_MAX if threshold is None else threshold
     if index == "auto":
-        index = "exact" if n_base is None or n_base <= limit else APPROXIMATE
+        index = "exact" if n_base is None or n_base <= limit else "approximate"
     if index != "exact" and faiss_module() is None:
         return "exact"
     return index
@@ -155,35 +161,38 @@ def kth_neighbours(
     if kind == "exact" or len(queries) == 0 or k > len(base):
         dist, ids = _exact(queries, base, k, exclude, with_ids=with_ids)
         return Neighbours(dist, ids, "exact", note=note)
-    # one exact search for two seeded samples of queries: one tunes the IVF lists,
-    # the other (never seen by the tuning) measures the recall that is reported
+    # one exact search for two seeded samples of queries: one tunes the indexes, the
+    # other (never seen by the tuning) measures the recall that is reported
     n_q = len(queries)
-    extra = TUNE_SAMPLE
-    drawn = np.random.default_rng(seed).permutation(n_q)[: RECALL_SAMPLE + extra]
+    drawn = np.random.default_rng(seed).permutation(n_q)[: RECALL_SAMPLE + TUNE_SAMPLE]
     report = np.sort(drawn[:RECALL_SAMPLE])
     tune = np.sort(drawn[RECALL_SAMPLE:]) if len(drawn) > RECALL_SAMPLE else report
     both = np.concatenate([report, tune])
     truth = _flat_search(
         np.asarray(queries)[both], base, k, None if exclude is None else exclude[both]
     )[0]
+    tries = AUTO_TRIES if kind == "approximate" else (kind,)
     (dist, ids), ran = _approximate(
-        queries, base, k, exclude, kind, seed, (tune, truth[len(report) :])
+        queries, base, k, exclude, tries, seed, (tune, truth[len(report) :])
     )
     if ran == "exact":
-        note = f"{kind} did not reach recall {RECALL_TARGET} on the tuning sample: exact search"
+        note = (
+            f"{' and '.join(tries)} did not reach recall {RECALL_TARGET} on the tuning "
+            "sample: exact search"
+        )
         return Neighbours(dist, ids if with_ids else None, "exact", note=note)
     hit = float(_hits(dist[report], truth[: len(report)]).mean())
     if hit < RECALL_TARGET:
         why = (
             f"exact search of {len(base):,} rows is out of reach above {EXACT_FALLBACK_MAX:,}"
-            if kind == "ivf"
-            else f"efSearch {HNSW_EF_SEARCH[-1]} was the widest search tried"
+            if len(base) > EXACT_FALLBACK_MAX
+            else "the tuning sample reached it"
         )
         note = (
-            f"below the recall target {RECALL_TARGET}: {why}; a missed neighbour only makes "
-            "a distance larger"
+            f"below the recall target {RECALL_TARGET}: {why}; a missed neighbour only makes a "
+            "distance larger"
         )
-    return Neighbours(dist, ids if with_ids else None, kind, hit, len(report), note)
+    return Neighbours(dist, ids if with_ids else None, ran, hit, len(report), note)
 
 
 def kth_neighbor_distance(
@@ -242,24 +251,37 @@ def _approximate(
     base: np.ndarray,
     k: int,
     exclude: np.ndarray | None,
-    kind: str,
+    tries: tuple[str, ...],
     seed: int,
     tuning: tuple[np.ndarray, np.ndarray],
 ) -> tuple[tuple[np.ndarray, np.ndarray], str]:
-    """((k-th distances, ids), search that ran): index candidates re-ranked in float64."""
+    """((k-th distances, ids), search that ran): index candidates re-ranked in float64.
+
+    Each index of `tries` is tuned in turn on the `tuning` queries (positions, exact
+    k-th distances) until one reaches RECALL_TARGET. When none does, the search is
+    exact up to EXACT_FALLBACK_MAX rows; above it only the first index is built and
+    its widest search is kept.
+    """
     faiss = faiss_module()
     assert faiss is not None
     b32 = np.ascontiguousarray(base, dtype=np.float32)
     q32 = b32 if queries is base else np.ascontiguousarray(queries, dtype=np.float32)
-    want = k + (0 if exclude is None else 1)
-    if kind == "hnsw":
-        cand = _hnsw_candidates(faiss, queries, base, q32, b32, k, exclude, tuning)
-    else:
-        found = _ivf_candidates(faiss, queries, base, q32, b32, k, exclude, seed, tuning)
-        if found is None:  # too spread out for inverted lists, and small enough: exactly
-            return _flat_search(queries, base, k, exclude), "exact"
-        cand = found
-    return _rerank(queries, base, cand, k, exclude), kind
+    best: tuple[float, str, Callable[[], np.ndarray]] | None = None
+    for kind in tries:
+        if best is not None and len(base) > EXACT_FALLBACK_MAX:
+            break
+        tuner = _hnsw_tuned if kind == "hnsw" else _ivf_tuned
+        recall, search = tuner(faiss, queries, base, q32, b32, k, exclude, seed, tuning)
+        if best is None or recall > best[0]:
+            best = (recall, kind, search)
+        del search  # a worse index's structures go before the next one is built
+        if recall >= RECALL_TARGET:
+            break
+    assert best is not None
+    recall, kind, search = best
+    if recall < RECALL_TARGET and len(base) <= EXACT_FALLBACK_MAX:
+        return _flat_search(queries, base, k, exclude), "exact"
+    return _rerank(queries, base, search(), k, exclude), kind
 
 
 def _flat_search(
@@ -314,38 +336,27 @@ def _rerank(
     return np.where(np.isinf(kth), np.nan, np.sqrt(kth)), ids
 
 
-def _hnsw_candidates(
-    faiss: Any,
+#: a tuned index: (recall on the tuning queries, a search giving every query's candidates)
+_Tuned = tuple[float, Callable[[], np.ndarray]]
+
+
+def _tuning_recall(
     queries: np.ndarray,
     base: np.ndarray,
-    q32: np.ndarray,
-    b32: np.ndarray,
+    found: np.ndarray,
     k: int,
     exclude: np.ndarray | None,
     tuning: tuple[np.ndarray, np.ndarray],
-) -> np.ndarray:
-    """k (+1 with `exclude`) candidate base rows per query from one HNSW graph.
-
-    The graph is built once; its search-time candidate list (efSearch) is the first
-    of HNSW_EF_SEARCH whose recall on the `tuning` queries reaches RECALL_TARGET,
-    else the widest (a wider list costs search time, not another build).
-    """
-    want = k + (0 if exclude is None else 1)
-    idx = faiss.IndexHNSWFlat(b32.shape[1], HNSW_M)
-    idx.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    idx.add(b32)
+) -> float:
+    """Share of the tuning queries whose candidates `found` hold the exact k-th distance."""
     tune, truth = tuning
     tune_ex = None if exclude is None else exclude[tune]
-    for ef in HNSW_EF_SEARCH:
-        idx.hnsw.efSearch = max(ef, want)
-        found = idx.search(np.ascontiguousarray(q32[tune]), want)[1].astype(np.int64)
-        got = _rerank(np.asarray(queries)[tune], base, found, k, tune_ex)[0]
-        if _hits(got, truth).mean() >= RECALL_TARGET:
-            break
-    return idx.search(q32, want)[1].astype(np.int64)
+    return float(
+        _hits(_rerank(np.asarray(queries)[tune], base, found, k, tune_ex)[0], truth).mean()
+    )
 
 
-def _ivf_candidates(
+def _hnsw_tuned(
     faiss: Any,
     queries: np.ndarray,
     base: np.ndarray,
@@ -355,17 +366,44 @@ def _ivf_candidates(
     exclude: np.ndarray | None,
     seed: int,
     tuning: tuple[np.ndarray, np.ndarray],
-) -> np.ndarray | None:
-    """k (+1 with `exclude`) candidate base rows per query (-1: none) from inverted lists.
+) -> _Tuned:
+    """One HNSW graph; its search-time candidate list (efSearch) is the first of
+    HNSW_EF_SEARCH whose tuning recall reaches RECALL_TARGET, else the widest (a
+    wider list costs search time, not another build). faiss's HNSW takes no seed."""
+    want = k + (0 if exclude is None else 1)
+    idx = faiss.IndexHNSWFlat(b32.shape[1], HNSW_M)
+    idx.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    idx.add(b32)
+    tune_q = np.ascontiguousarray(q32[tuning[0]])
+    recall = 0.0
+    for ef in HNSW_EF_SEARCH:
+        idx.hnsw.efSearch = max(ef, want)
+        found = idx.search(tune_q, want)[1].astype(np.int64)
+        recall = _tuning_recall(queries, base, found, k, exclude, tuning)
+        if recall >= RECALL_TARGET:
+            break
+    return recall, lambda: idx.search(q32, want)[1].astype(np.int64)
+
+
+def _ivf_tuned(
+    faiss: Any,
+    queries: np.ndarray,
+    base: np.ndarray,
+    q32: np.ndarray,
+    b32: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None,
+    seed: int,
+    tuning: tuple[np.ndarray, np.ndarray],
+) -> _Tuned:
+    """Inverted lists giving k (+1 with `exclude`) candidate base rows per query (-1: none).
 
     k-means (faiss, seeded) splits the base into about IVF_LISTS_PER_SQRT * sqrt(n)
     lists; each base row is filed in its `probe` nearest lists and each query scans
     the list of its nearest centroid, one matrix product per list (faiss's
     IndexIVFFlat visits the same rows one query at a time: several times slower
-    here). `probe` is the first of IVF_PROBES whose recall on the `tuning` queries
-    (positions, exact k-th distances) reaches RECALL_TARGET (spread-out data needs
-    more lists); when none does: None (the caller then searches exactly), or above
-    EXACT_FALLBACK_MAX rows the widest search tried.
+    here). `probe` is the first of IVF_PROBES whose tuning recall reaches
+    RECALL_TARGET (spread-out data needs more lists), else the widest tried.
     """
     n, d = b32.shape
     want = k + (0 if exclude is None else 1)
@@ -381,19 +419,17 @@ def _ivf_candidates(
     # row ids as int32 (n < 2**31): at 1M rows x 48 lists every copy counts
     nearest = quantizer.search(b32, min(lists, max(IVF_PROBES)))[1].astype(np.int32)
     home = nearest[:, 0].copy() if q32 is b32 else quantizer.search(q32, 1)[1].ravel()
-    tune, truth = tuning
-    tune_ex = None if exclude is None else exclude[tune]
     members: list[np.ndarray] = []
+    recall = 0.0
     for probe in IVF_PROBES:
         members = []  # the previous probe's lists go before the next are built
         members = _file(nearest[:, :probe], lists)
-        found = _scan(faiss, q32, b32, tune, home, members, want)
-        got = _rerank(np.asarray(queries)[tune], base, found, k, tune_ex)[0]
-        met = _hits(got, truth).mean() >= RECALL_TARGET
-        widest = probe >= lists or probe == IVF_PROBES[-1]
-        if met or probe >= lists or (widest and n > EXACT_FALLBACK_MAX):
-            return _scan(faiss, q32, b32, np.arange(len(q32)), home, members, want)
-    return None
+        found = _scan(faiss, q32, b32, tuning[0], home, members, want)
+        recall = _tuning_recall(queries, base, found, k, exclude, tuning)
+        if recall >= RECALL_TARGET or probe >= lists:
+            break
+    chosen = members
+    return recall, lambda: _scan(faiss, q32, b32, np.arange(len(q32)), home, chosen, want)
 
 
 def _file(nearest: np.ndarray, lists: int) -> list[np.ndarray]:

@@ -49,9 +49,9 @@ class KNN(Indicator):
     of that file (one copy of the record itself excluded). NaN when fewer than k
     neighbours exist. Cost: O(n^2 d); ~3 s for 10k records (tfidf-svd) on 2 cores.
     `index` picks the neighbour search (`instructmining.neighbours`): "auto" is
-    exact up to `neighbours.EXACT_MAX` records and an approximate faiss index
-    above (its measured recall goes to the run's summary); "exact", "hnsw" or
-    "ivf" force one. Only an approximate search enters `params()`, so exact
+    exact up to `neighbours.EXACT_MAX` records and approximate faiss indexes
+    above (IVF, then HNSW where IVF misses the recall target; the measured recall
+    goes to the run's summary); "exact", "hnsw" or "ivf" force one. Only an approximate search enters `params()`, so exact
     values keep their cache keys. With `reference`, "auto" stays exact.
     """
 

@@ -29,7 +29,8 @@ def _clustered(n, d=16, centers=12, sigma=0.15, seed=0):
 
 
 def _brute(x, k):
-    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    sq = (x * x).sum(1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0))
     np.fill_diagonal(d, np.inf)
     return np.sort(d, axis=1)[:, k - 1], np.argsort(d, axis=1, kind="stable")[:, :k]
 
@@ -47,10 +48,9 @@ def test_exact_path_equals_brute_force_with_ids():
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_path_reports_its_recall(monkeypatch, kind):
-    monkeypatch.setattr(neighbours, "APPROXIMATE", kind)
     monkeypatch.setattr(neighbours, "RECALL_SAMPLE", 200)
     x = _clustered(1500, d=24)
-    found = neighbours.kth_neighbours(x, k=6, threshold=100, with_ids=True)
+    found = neighbours.kth_neighbours(x, k=6, index=kind, with_ids=True)
     assert found.index == kind and found.sampled == 200
     assert found.recall is not None and found.recall >= 0.95
     want, _ = _brute(x, 6)
@@ -61,18 +61,26 @@ def test_approximate_path_reports_its_recall(monkeypatch, kind):
     assert "recall" in found.describe()
 
 
+def _spread_out(n=3000, d=64):
+    """Unit rows with no structure: inverted lists cannot reach recall 0.99."""
+    x = np.random.default_rng(1).normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def test_spread_out_data_falls_back_to_exact_only_while_exact_is_affordable(monkeypatch):
     monkeypatch.setattr(neighbours, "RECALL_SAMPLE", 100)
     monkeypatch.setattr(neighbours, "TUNE_SAMPLE", 100)
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(3000, 64))  # no structure: inverted lists cannot reach 0.99
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = _spread_out()
     want, _ = _brute(x, 6)
-    small = neighbours.kth_neighbours(x, k=6, threshold=100)
-    assert small.index == "exact" and "did not reach" in small.note
+    small = neighbours.kth_neighbours(x, k=6, index="ivf")
+    assert small.index == "exact" and "ivf did not reach" in small.note
     np.testing.assert_allclose(small.distances, want, atol=1e-12)
     monkeypatch.setattr(neighbours, "EXACT_FALLBACK_MAX", 1000)  # 3,000 rows: "too many"
-    large = neighbours.kth_neighbours(x, k=6, threshold=100)
+    built = []
+    real_hnsw = neighbours._hnsw_tuned
+    monkeypatch.setattr(neighbours, "_hnsw_tuned", lambda *a: built.append(1) or real_hnsw(*a))
+    large = neighbours.kth_neighbours(x, k=6, threshold=100)  # auto: IVF only at this size
+    assert built == []
     assert large.index == "ivf" and large.recall is not None and large.recall < 0.99
     assert "below the recall target" in large.note and "recall" in large.describe()
     assert (large.distances >= want - 1e-9).all()  # a miss only makes a distance larger
@@ -88,15 +96,28 @@ def test_hnsw_widens_its_search_list_until_the_recall_target(monkeypatch):
     x = rng.normal(size=(2000, 32))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     want, _ = _brute(x, 6)
+    monkeypatch.setattr(neighbours, "EXACT_FALLBACK_MAX", 1000)  # keep the miss, not exact
     monkeypatch.setattr(neighbours, "HNSW_EF_SEARCH", (7,))
     narrow = neighbours.kth_neighbours(x, k=6, index="hnsw")
     assert narrow.recall is not None and narrow.recall < 0.99
-    assert "efSearch 7 was the widest" in narrow.note and "out of reach" not in narrow.note
+    assert narrow.index == "hnsw" and "below the recall target" in narrow.note
     monkeypatch.setattr(neighbours, "HNSW_EF_SEARCH", (7, 400))
     wide = neighbours.kth_neighbours(x, k=6, index="hnsw")
     assert wide.recall is not None and wide.recall >= 0.99 and wide.note == ""
     assert np.isclose(wide.distances, want, atol=1e-9).mean() >= 0.98
     assert (wide.distances >= want - 1e-9).all()
+
+
+def test_auto_tries_hnsw_where_inverted_lists_miss(monkeypatch):
+    monkeypatch.setattr(neighbours, "RECALL_SAMPLE", 100)
+    monkeypatch.setattr(neighbours, "TUNE_SAMPLE", 100)
+    x = _spread_out()
+    want, _ = _brute(x, 6)
+    found = neighbours.kth_neighbours(x, k=6, threshold=100)
+    assert found.index == "hnsw" and found.recall is not None and found.recall >= 0.97
+    assert "out of reach" not in found.note and (found.distances >= want - 1e-9).all()
+    assert np.isclose(found.distances, want, atol=1e-9).mean() >= 0.98
+    assert neighbours.resolve_index("auto", 101, threshold=100) == "approximate"
 
 
 def test_without_faiss_the_search_stays_exact(monkeypatch):
@@ -146,7 +167,7 @@ def test_knn6_keys_change_only_for_approximate_pools(monkeypatch):
     table = score_records(records, [create("knn6")])
     frame = table.frame()
     run = table.runs["knn6"].to_dict()
-    assert table.indicators["knn6"]["index"] == neighbours.APPROXIMATE
+    assert table.indicators["knn6"]["index"] == "approximate"
     assert run["neighbours"]["index"] == "ivf" and run["neighbours"]["sampled"] == 30
     assert run["neighbours"]["recall"] >= 0.9
     got = frame["knn6"].to_numpy()
