@@ -5,7 +5,8 @@ records): record n takes the instruction and input of one pool record and the
 response of another, both drawn with a fixed seed, so every record is distinct
 and reads like instruction data. Each size is scored in a fresh process with
 no cache (`score FILE -o OUT --profile lite --no-cache -q`); the peak resident
-memory is the child's `ru_maxrss`. Per-indicator seconds come from the output's
+memory is the child's `ru_maxrss` (under `--engine ray`, the driver's alone: Ray's
+actors run in processes the local Ray starts, outside it). Per-indicator seconds come from the output's
 summary. Prints a Markdown table.
 
     python benchmarks/bench_streaming.py --sizes 10000,100000,1000000 --work /tmp/imbench
@@ -71,9 +72,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--work", type=Path, default=Path("/tmp/imbench"))
     parser.add_argument("--engine", default="local", choices=["local", "ray"])
+    parser.add_argument("--num-actors", type=int, default=2, help="Ray actors (--engine ray)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    extra = ["--engine", args.engine] if args.engine != "local" else []
+    extra = []
+    if args.engine == "ray":
+        extra = ["--engine", "ray", "--num-actors", str(args.num_actors)]
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}, engine {args.engine}")
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):

@@ -172,13 +172,14 @@ def kth_neighbours(
         np.asarray(queries)[both], base, k, None if exclude is None else exclude[both]
     )[0]
     tries = AUTO_TRIES if kind == "approximate" else (kind,)
-    (dist, ids), ran = _approximate(
+    (dist, ids), ran, tuned = _approximate(
         queries, base, k, exclude, tries, seed, (tune, truth[len(report) :])
     )
     if ran == "exact":
+        reached = ", ".join(f"{name} {recall:.3f}" for name, recall in tuned.items())
         note = (
-            f"{' and '.join(tries)} did not reach recall {RECALL_TARGET} on the tuning "
-            "sample: exact search"
+            f"{' and '.join(tuned)} did not reach recall {RECALL_TARGET} on the tuning "
+            f"sample ({reached}): exact search"
         )
         return Neighbours(dist, ids if with_ids else None, "exact", note=note)
     hit = float(_hits(dist[report], truth[: len(report)]).mean())
@@ -254,8 +255,9 @@ def _approximate(
     tries: tuple[str, ...],
     seed: int,
     tuning: tuple[np.ndarray, np.ndarray],
-) -> tuple[tuple[np.ndarray, np.ndarray], str]:
-    """((k-th distances, ids), search that ran): index candidates re-ranked in float64.
+) -> tuple[tuple[np.ndarray, np.ndarray], str, dict[str, float]]:
+    """((k-th distances, ids), search that ran, tuning recall of each index tried):
+    index candidates re-ranked in float64.
 
     Each index of `tries` is tuned in turn on the `tuning` queries (positions, exact
     k-th distances) until one reaches RECALL_TARGET. When none does, the search is
@@ -267,11 +269,13 @@ def _approximate(
     b32 = np.ascontiguousarray(base, dtype=np.float32)
     q32 = b32 if queries is base else np.ascontiguousarray(queries, dtype=np.float32)
     best: tuple[float, str, Callable[[], np.ndarray]] | None = None
+    tuned: dict[str, float] = {}
     for kind in tries:
         if best is not None and len(base) > EXACT_FALLBACK_MAX:
             break
         tuner = _hnsw_tuned if kind == "hnsw" else _ivf_tuned
         recall, search = tuner(faiss, queries, base, q32, b32, k, exclude, seed, tuning)
+        tuned[kind] = recall
         if best is None or recall > best[0]:
             best = (recall, kind, search)
         del search  # a worse index's structures go before the next one is built
@@ -280,8 +284,8 @@ def _approximate(
     assert best is not None
     recall, kind, search = best
     if recall < RECALL_TARGET and len(base) <= EXACT_FALLBACK_MAX:
-        return _flat_search(queries, base, k, exclude), "exact"
-    return _rerank(queries, base, search(), k, exclude), kind
+        return _flat_search(queries, base, k, exclude), "exact", tuned
+    return _rerank(queries, base, search(), k, exclude), kind, tuned
 
 
 def _flat_search(
