@@ -15,6 +15,7 @@ from typing import Any
 
 from instructmining.experiments.finetune import autocast_context, collate, length_batches
 from instructmining.experiments.template import IGNORE, encode_all
+from instructmining.models.causal import position_logits, split_head
 from instructmining.records import Record
 
 
@@ -58,23 +59,23 @@ def eval_loss(
     sums = [0.0] * len(examples)
     counts = [0] * len(examples)
     model.eval()
+    head = split_head(model)
     with torch.inference_mode():
         for batch in length_batches(lengths, batch_size, None):
             ids, mask, labels = collate(
                 [examples[i] for i in batch], tokenizer.pad_token_id, device
             )
+            target = labels[:, 1:]  # position t predicts token t + 1
+            rows, cols = (target != IGNORE).nonzero(as_tuple=True)
             with autocast_context(precision, device):
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = labels[:, 1:]
-            nll = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)),
-                target.reshape(-1),
-                ignore_index=IGNORE,
-                reduction="none",
-            ).view(target.shape)
-            valid = target != IGNORE
-            per_sum = (nll * valid).sum(dim=1).tolist()
-            per_n = valid.sum(dim=1).tolist()
+                logits = position_logits(model, head, ids, mask, rows, cols)
+            nll = F.cross_entropy(logits, target[rows, cols], reduction="none").double()
+            per_sum = (
+                torch.zeros(len(batch), dtype=torch.float64)
+                .index_add_(0, rows.cpu(), nll.cpu())
+                .tolist()
+            )
+            per_n = torch.bincount(rows.cpu(), minlength=len(batch)).tolist()
             for j, i in enumerate(batch):
                 sums[i] = per_sum[j]
                 counts[i] = int(per_n[j])

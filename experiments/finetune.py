@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from instructmining.experiments.template import IGNORE, TEMPLATE_NAME, TEMPLATES, encode_all
+from instructmining.models.causal import position_logits, split_head
 from instructmining.records import Record
 
 PRECISIONS = ("fp32", "bf16-mixed")
@@ -171,6 +172,7 @@ def train_examples(
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, factor)
     autocast = autocast_context(config.precision, device)
+    head = split_head(model)
     model.train()
     tokens = target = steps = 0
     first = last = float("nan")
@@ -179,9 +181,11 @@ def train_examples(
         for _ in range(config.epochs):
             for batch in length_batches(lengths, config.batch_size, rng):
                 ids, mask, labels = collate([examples[i] for i in batch], pad_id, device)
-                with autocast:
-                    out = model(input_ids=ids, attention_mask=mask, labels=labels)
-                loss = out.loss.float()
+                shifted = labels[:, 1:]  # position t predicts token t + 1
+                rows, cols = (shifted != IGNORE).nonzero(as_tuple=True)
+                with autocast:  # the mean over response tokens, as the model's own loss
+                    logits = position_logits(model, head, ids, mask, rows, cols)
+                loss = torch.nn.functional.cross_entropy(logits, shifted[rows, cols])
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss.item()} at step {steps}")
                 optim.zero_grad(set_to_none=True)
@@ -195,7 +199,7 @@ def train_examples(
                     first = last
                 steps += 1
                 tokens += int(mask.sum())
-                target += int((labels[:, 1:] != IGNORE).sum())
+                target += len(rows)
                 bar.update(1)
                 bar.set_postfix_str(f"loss {last:.3f}")
     model.eval()

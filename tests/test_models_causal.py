@@ -58,9 +58,9 @@ def test_nll_matches_a_plain_forward_pass(tiny_causal_lm, conditional):
 
 def test_projecting_only_scored_positions_equals_the_full_logits(tiny_causal_lm, monkeypatch):
     _tok, lm, _ = _scorer(tiny_causal_lm).load()
-    assert causal._split_head(lm) is not None  # the shortcut is taken for GPT-2
+    assert causal.split_head(lm) is not None  # the shortcut is taken for GPT-2
     short = _scorer(tiny_causal_lm).score(RECORDS)
-    monkeypatch.setattr(causal, "_split_head", lambda lm: None)
+    monkeypatch.setattr(causal, "split_head", lambda lm: None)
     full = _scorer(tiny_causal_lm).score(RECORDS)
     np.testing.assert_allclose(short.nll_sum, full.nll_sum, rtol=1e-5)
     np.testing.assert_array_equal(short.tokens, full.tokens)

@@ -128,11 +128,60 @@ def test_finetuning_lowers_the_loss_and_is_deterministic(tiny_causal_lm: Path) -
     assert eval_loss(model2, tok, RECORDS, max_length=64).loss == after.loss
 
 
+def test_training_projects_only_response_positions_with_the_models_own_loss(
+    tiny_causal_lm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loss is the model's own (mean NLL over response tokens), with the same
+    gradients, whether or not only the response positions are projected."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from instructmining.experiments import finetune as finetune_module
+    from instructmining.experiments.finetune import collate
+    from instructmining.experiments.template import encode_all
+    from instructmining.models.causal import position_logits, split_head
+
+    base, tok = str(tiny_causal_lm), load_tokenizer(str(tiny_causal_lm))
+    cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=8, max_length=64, seed=3)
+    _, _, stats = finetune(base, RECORDS, cfg, tokenizer=tok)
+    plain = AutoModelForCausalLM.from_pretrained(base)
+    assert split_head(plain) is not None  # GPT-2: the shortcut is taken
+    examples = encode_all(tok, RECORDS, 64)
+    batch = length_batches([len(x) for x, _ in examples], 8, None)[0]  # training's row order
+    ids, mask, labels = collate([examples[i] for i in batch], tok.pad_token_id, "cpu")
+    plain.train()  # dropout as in training, with the same seed and rows
+    torch.manual_seed(cfg.seed)
+    with torch.no_grad():  # one batch holds all five records: the first step's loss
+        own = plain(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert stats.first_loss == pytest.approx(float(own), rel=1e-5)
+    assert stats.target_tokens == int((labels[:, 1:] != IGNORE).sum()) * 2
+    plain.eval()  # the gradients of the two losses agree (no dropout to draw)
+    grads = []
+    for shortcut in (False, True):
+        plain.zero_grad()
+        if shortcut:
+            shifted = labels[:, 1:]
+            rows, cols = (shifted != IGNORE).nonzero(as_tuple=True)
+            logits = position_logits(plain, split_head(plain), ids, mask, rows, cols)
+            torch.nn.functional.cross_entropy(logits, shifted[rows, cols]).backward()
+        else:
+            plain(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        grads.append([p.grad.clone() for p in plain.parameters()])
+    for (name, _), a, b in zip(plain.named_parameters(), *grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7, msg=name)
+    monkeypatch.setattr(finetune_module, "split_head", lambda model: None)
+    _, _, full_stats = finetune(base, RECORDS, cfg, tokenizer=tok)  # the full-logits path
+    assert full_stats.last_loss == pytest.approx(stats.last_loss, rel=1e-4)
+
+
 def test_lora_trains_only_adapters(tiny_causal_lm: Path) -> None:
     cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=4, max_length=64, lora=True, lora_r=2)
     model, _, stats = finetune(str(tiny_causal_lm), RECORDS, cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora" in n for n in trainable)
+    from instructmining.models.causal import split_head
+
+    assert split_head(model) is not None  # the LoRA wrapper is looked through
     assert stats.steps == 2
     assert TrainConfig(lora=True).key() != TrainConfig().key()
 
