@@ -271,6 +271,7 @@ def generate_command(n: int, output_dir: Path, report: bool, quiet: bool, **opts
 
     _check_dir(output_dir)
     run = _Run(opts)
+    run.backend.check()  # a missing model fails before OUTPUT_DIR gets any file
     try:
         gen = SelfInstructGenerator(backend=run.backend, n=n, seed=run.seed, **run.settings)
         result = gen.run(
@@ -374,6 +375,7 @@ def loop_command(
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="--rule") from None
     run = _Run(opts)
+    run.backend.check()  # a missing model fails before OUTPUT_DIR gets any file
     show = progress_enabled(quiet)
 
     def echo_round(row: dict[str, Any]) -> None:

@@ -109,11 +109,24 @@ def test_generate_misspelt_hf_model_fails_in_one_line(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = ["generate", "--seeds", str(seeds), "--llm", "hf:smollm2-135m-instuct"]
     res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "o"), "-q"])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # the command names a model that is not here
     assert res.output.strip().splitlines() == [
         "Error: --llm hf:smollm2-135m-instuct: no catalogue model, local folder or loadable "
         "hub id has this name; did you mean --llm hf:smollm2-135m-instruct?"
     ]
+    assert not (tmp_path / "o").exists()  # refused before the output folder was made
+
+
+@pytest.mark.parametrize("command", ["generate", "loop"])
+def test_a_missing_hf_model_writes_nothing(tmp_path: Path, seeds: Path, command: str) -> None:
+    out = tmp_path / "o"
+    args = [command, "--seeds", str(seeds), "--llm", f"hf:{tmp_path / 'missing'}", "-o", str(out)]
+    if command == "loop":
+        args += ["--rule", "paper-v1"]
+    res = CliRunner().invoke(main, [*args, "-q"])
+    assert res.exit_code == 2, res.output
+    assert "does not exist" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_generate_missing_seeds_file(tmp_path: Path) -> None:

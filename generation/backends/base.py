@@ -102,6 +102,12 @@ class LLMBackend(ABC):
         """What produced the data, for the run's statistics file."""
         return {"backend": self.name}
 
+    def check(self) -> None:
+        """Refuse, before any output is written, a setting that cannot work here (a
+        model that does not exist). The default checks nothing: a server is only
+        known to answer when it is asked."""
+        return None
+
     def close(self) -> None:
         """Free resources (threads, models); the default has none."""
         return None

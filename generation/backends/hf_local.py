@@ -91,8 +91,12 @@ class HFBackend(LLMBackend):
             )
         try:
             return check_model_source(spec, indicator=f"--llm hf:{spec}", option="--llm")
-        except ModelUnavailableError as exc:
-            raise BackendError(self._unavailable(str(exc), named is not None)) from None
+        except ModelUnavailableError as exc:  # the command names what is not here: fix it
+            raise BackendSettingError(self._unavailable(str(exc), named is not None)) from None
+
+    def check(self) -> None:
+        """The model exists here (catalogue name, folder or cached hub id); see `resolve`."""
+        self.resolve()
 
     def _closest_name(self) -> str | None:
         """The catalogue causal LM `model` looks like a misspelling of, if any."""
