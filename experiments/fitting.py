@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,46 @@ def results_table(study: Study, config: str | None = None) -> Any:
     return table
 
 
+#: training settings a results row carries, copied into a study rule's provenance
+_TRAINING = ("template", "precision", "max_length", "batch_size", "epochs", "lr", "seed", "lora")
+
+
+def study_provenance(study: Study, table: Any) -> dict[str, Any]:
+    """What a rule fitted on `table` (rows of `study`) came from: the study folder, the
+    configuration, base model and training, the sources, D_eval and the candidates."""
+    first = table.iloc[0]
+    manifest = study.manifest
+    sources = manifest.get("sources") or {}
+    evaluation = manifest.get("eval") or {}
+    kinds = table["kind"].value_counts().to_dict() if "kind" in table.columns else {}
+    return {
+        "folder": study.path.resolve().name,
+        "configuration": str(first.get("config", "")),
+        "base_model": str(first.get("base_model", "")),
+        "training": {
+            k: first[k].item() if hasattr(first[k], "item") else first[k]
+            for k in _TRAINING
+            if k in table.columns
+        },
+        "sources": {
+            name: {
+                "file": Path(str(src.get("relpath") or src.get("path", ""))).name,
+                "field_map": src.get("field_map", ""),
+                "records": src.get("kept"),
+            }
+            for name, src in sources.items()
+        },
+        "evaluation_set": {
+            "files": [Path(str(p)).name for p in evaluation.get("relpaths") or []],
+            "records": evaluation.get("records"),
+        },
+        "candidates": len(table),
+        "candidate_kinds": {str(k): int(v) for k, v in kinds.items()},
+        "candidate_size": manifest.get("size"),
+        "pool_fingerprint": manifest.get("pool_fingerprint", ""),
+    }
+
+
 @holds_study_lock("study fit")
 def fit_study(
     path: str | Path,
@@ -92,9 +132,20 @@ def fit_study(
         features=chosen,
         loss="eval_loss",
         indicators={f: params[f] for f in chosen if f in params},
-        name=f"study {study.path.name}",
+        name=f"study {study.path.resolve().name}",
         source=table_path,
         **fit_options,
+    )
+    facts = study_provenance(study, table)
+    result.rule = replace(
+        result.rule,
+        provenance={**result.rule.provenance, "study": facts},
+        notes=(
+            f"{result.rule.notes} Study {facts['folder']}: {facts['candidates']} candidate "
+            f"datasets of {facts['candidate_size']} records finetuning {facts['base_model']} "
+            f"(configuration {facts['configuration']}), eval loss on "
+            f"{facts['evaluation_set']['records']} D_eval records."
+        ),
     )
     result.write_report(folder, overwrite=True)
     result.rule.save(rule_path, overwrite=True)

@@ -294,12 +294,56 @@ class Rule:
             )
             lines.append(f"  {name}: {params or '(name only; settings not recorded)'}")
         lines.append("")
+        lines.extend(self.card_lines())
         lines.extend(self.range_lines())
         lines.append("Lower predicted loss is better.")
         for label, text in (("Notes", self.notes), ("Citation", self.citation)):
             if text:
                 lines.append(f"{label}: {text}")
         return "\n".join(lines)
+
+    def card_lines(self) -> list[str]:
+        """Where the rule comes from: a paper's setting, or the study it was fitted on."""
+        prov = self.provenance
+        lines: list[str] = []
+        for key in ("paper", "base_model", "datasets", "evaluation_set"):
+            if isinstance(prov.get(key), str) and prov[key]:
+                lines.append(f"  {key.replace('_', ' ')}: {prov[key]}")
+        study = prov.get("study")
+        if isinstance(study, Mapping):
+            train = study.get("training") or {}
+            lines.append(
+                f"  study: {study.get('folder')}, configuration {study.get('configuration')}"
+            )
+            lines.append(
+                f"  base model: {study.get('base_model')} ("
+                + ", ".join(f"{k} {v}" for k, v in train.items())
+                + ")"
+            )
+            sources = study.get("sources") or {}
+            lines.append(
+                "  sources: "
+                + "; ".join(
+                    f"{name} = {src.get('file')}"
+                    + (f" read as {src['field_map']}" if src.get("field_map") else "")
+                    + (f" ({src['records']:,} records)" if src.get("records") else "")
+                    for name, src in sources.items()
+                )
+            )
+            evaluation = study.get("evaluation_set") or {}
+            lines.append(
+                f"  D_eval: {evaluation.get('records')} records from "
+                + ", ".join(evaluation.get("files") or [])
+            )
+            kinds = ", ".join(f"{v} {k}" for k, v in (study.get("candidate_kinds") or {}).items())
+            lines.append(
+                f"  candidates: {study.get('candidates')} datasets of "
+                f"{study.get('candidate_size')} records" + (f" ({kinds})" if kinds else "")
+            )
+        if lines:
+            lines.insert(0, "Fitted on:")
+            lines.append("")
+        return lines
 
     def range_rows(self) -> list[dict[str, Any]]:
         """One row per indicator with a recorded range: indicator, min, mean, max (and n)."""

@@ -66,6 +66,15 @@ def test_study_fit_writes_a_rule_from_the_results(tmp_path: Path) -> None:
     rule = load_rule(str(study_dir / "fit" / "rule.json"))
     assert "output_length" in rule.features
     assert rule.indicators["output_length"]["name"] == "output_length"
+    facts = rule.provenance["study"]  # what a shipped rule's card names
+    assert rule.name == f"study {study_dir.name}" and facts["folder"] == study_dir.name
+    assert facts["candidates"] == 12 and facts["candidate_size"] == 10
+    assert set(facts["sources"]) == set(study.manifest["sources"])
+    assert facts["evaluation_set"]["records"] == study.manifest["eval"]["records"]
+    assert f"Study {study_dir.name}: 12 candidate datasets of 10 records" in rule.notes
+    card = rule.summary()  # what `rule show` prints
+    assert "Fitted on:" in card and "candidates: 12 datasets of 10 records" in card
+    assert f"study: {study_dir.name}" in card and "D_eval: " in card
     assert (study_dir / "fit" / "report.md").exists()
     assert (study_dir / "fit" / "results.csv").exists()
     again = CliRunner().invoke(main, ["study", "fit", str(study_dir)])
