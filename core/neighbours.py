@@ -177,10 +177,7 @@ def kth_neighbours(
     )
     if ran == "exact":
         reached = ", ".join(f"{name} {recall:.3f}" for name, recall in tuned.items())
-        note = (
-            f"{' and '.join(tuned)} did not reach recall {RECALL_TARGET} on the tuning "
-            f"sample ({reached}): exact search"
-        )
+        note = f"tuning recall {reached}, below {RECALL_TARGET}: exact search"
         return Neighbours(dist, ids if with_ids else None, "exact", note=note)
     hit = float(_hits(dist[report], truth[: len(report)]).mean())
     if hit < RECALL_TARGET:

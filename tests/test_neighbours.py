@@ -73,8 +73,8 @@ def test_spread_out_data_falls_back_to_exact_only_while_exact_is_affordable(monk
     x = _spread_out()
     want, _ = _brute(x, 6)
     small = neighbours.kth_neighbours(x, k=6, index="ivf")
-    assert small.index == "exact" and "ivf did not reach" in small.note
-    assert "(ivf 0." in small.note  # the recall it reached
+    assert small.index == "exact" and "below 0.99: exact search" in small.note
+    assert "tuning recall ivf 0." in small.note  # the recall it reached
     np.testing.assert_allclose(small.distances, want, atol=1e-12)
     monkeypatch.setattr(neighbours, "EXACT_FALLBACK_MAX", 1000)  # 3,000 rows: "too many"
     built = []
