@@ -387,9 +387,10 @@ class Rule:
             f"<th>{escape(k)}</th>" for k in self.coefficient_rows()[0]
         )  # there is always the intercept row
         notes = f"<p>{escape(self.notes)}</p>" if self.notes else ""
+        card = "\n".join(self.card_lines() + self.range_lines())
         return (
             f"<div><b>Rule {escape(self.name)}</b><br><code>{escape(self.formula())}</code>"
-            f"<table><tr>{head}</tr>{rows}</table>{notes}</div>"
+            f"<table><tr>{head}</tr>{rows}</table><pre>{escape(card)}</pre>{notes}</div>"
         )
 
 

@@ -163,4 +163,5 @@ def test_builtins_round_trip_and_summaries():
         assert name in text and "Lower predicted loss is better" in text
         assert "<table>" in rule._repr_html_()
         assert "Fitted on:" in text  # every built-in rule says where it comes from
+        assert "Fitted on:" in rule._repr_html_() and "Fitted range" in rule._repr_html_()
     assert "  base model: LLaMA-7B" in load_rule("paper-v1").summary()
