@@ -433,13 +433,29 @@ def export_command(study_dir: Path, output: Path | None) -> None:
     help="The training configuration to fit (see `study status`); default: the one with "
     "the most finished candidates.",
 )
+@click.option(
+    "--add-indicators",
+    default=None,
+    metavar="NAMES",
+    help="Indicators outside the plan to score on the finished candidates now and offer to "
+    "the fit (e.g. log_perplexity, which reuses the study's cached perplexity).",
+)
 @overwrite_option
-def fit_command(study_dir: Path, features: str | None, overwrite: bool, config: str | None) -> None:
+def fit_command(
+    study_dir: Path,
+    features: str | None,
+    overwrite: bool,
+    config: str | None,
+    add_indicators: str | None,
+) -> None:
     """Fit the loss rule on STUDY_DIR's results; writes STUDY_DIR/fit/rule.json and a report."""
     from instructmining.experiments.fitting import fit_study
 
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
-    fit = fit_study(study_dir, features=names, overwrite=overwrite, config=config)
+    added = [f.strip() for f in (add_indicators or "").split(",") if f.strip()]
+    fit = fit_study(
+        study_dir, features=names, overwrite=overwrite, config=config, add_indicators=added
+    )
     click.echo(
         f"fitted on {fit.n_rows} candidates of configuration {fit.config or '(unnamed)'}; "
         f"rule: {fit.rule_path}; report in {fit.folder}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,62 @@ def study_provenance(study: Study, table: Any) -> dict[str, Any]:
     }
 
 
+def added_indicators(study: Study, names: Sequence[str]) -> list[Any]:
+    """Indicators outside the study's plan, to score on its finished candidates at fit time.
+
+    One that derives from a study indicator (log_perplexity from perplexity) is built
+    with that indicator's stored settings, so it reads the study's cached scores and
+    describes the same model; any other with the settings of the study's profile.
+    """
+    from instructmining.indicators import profiles
+    from instructmining.indicators.registry import registered
+    from instructmining.indicators.spec import check_params
+
+    stored = {p["name"]: p for p in study.indicator_params}
+    classes = registered()
+    built = []
+    for name in names:
+        if name in stored:
+            raise ParameterError(
+                f"--add-indicators: {name} is one of the study's own indicators already"
+            )
+        cls = classes.get(name)
+        if cls is None:
+            raise ParameterError(
+                f"--add-indicators: no indicator {name!r}; registered: {', '.join(sorted(classes))}"
+            )
+        parents = [getattr(p, "name", None) for p in cls.__mro__[1:] if p in classes.values()]
+        parent = next((p for p in parents if p in stored), None)
+        if parent is not None:
+            settings = {k: v for k, v in stored[parent].items() if k != "fingerprints"}
+            _, kwargs = check_params({**settings, "name": name}, source=study.path / "study.json")
+            built.append(cls(**kwargs))
+        else:
+            profile = str(study.manifest.get("profile") or "") or None
+            built.extend(profiles.build(names=[name], profile=profile).indicators)
+    return built
+
+
+def add_indicator_means(study: Study, table: Any, indicators: Sequence[Any]) -> Any:
+    """`table` with each added indicator's mean over every candidate's records (study cache)."""
+    from instructmining.experiments.runner import score_candidate
+    from instructmining.progress import progress_bar
+
+    if not indicators:
+        return table
+    rows = []
+    with progress_bar(len(table), "added indicators", enabled=True) as bar:
+        for cid in table["candidate_id"]:
+            means = score_candidate(study, str(cid), indicators)
+            means.pop("score_s", None)
+            rows.append(means)
+            bar.update(1)
+    out = table.copy()
+    for column in rows[0]:
+        out[column] = [r[column] for r in rows]
+    return out
+
+
 @holds_study_lock("study fit")
 def fit_study(
     path: str | Path,
@@ -99,9 +156,14 @@ def fit_study(
     out_dir: str | Path | None = None,
     overwrite: bool = False,
     config: str | None = None,
+    add_indicators: Sequence[str] = (),
     **fit_options: Any,
 ) -> StudyFit:
-    """Fit a rule on the study's results; write results.csv, rule.json and the report."""
+    """Fit a rule on the study's results; write results.csv, rule.json and the report.
+
+    `add_indicators`: indicators outside the plan, scored on the finished candidates
+    now (see `added_indicators`) and offered to the fit beside the planned ones.
+    """
     from instructmining.indicators.spec import check_params
     from instructmining.regression import fit_rule
 
@@ -111,19 +173,22 @@ def fit_study(
     for stored in study.indicator_params:
         check_params(stored, source=study.path / "study.json", check_version=False)
     table = results_table(study, config)
+    extra = added_indicators(study, add_indicators)
     params = {p["name"]: p for p in study.indicator_params}
-    columns = [c for c in params if c in table.columns]
+    params.update({ind.name: ind.params() for ind in extra})
+    columns = [c for c in params if c in table.columns or c in {i.name for i in extra}]
     chosen = features if features else columns
-    unknown = [f for f in chosen if f not in table.columns]
+    unknown = [f for f in chosen if f not in columns and f not in table.columns]
     if unknown:
         raise ParameterError(
             f"--features: {', '.join(unknown)} not in the results table; "
-            f"indicator columns: {', '.join(columns)}"
+            f"indicator columns: {', '.join(columns)} (--add-indicators scores others)"
         )
     folder = Path(out_dir) if out_dir else study.path / "fit"
     rule_path = folder / "rule.json"
     if rule_path.exists() and not overwrite:
         raise OutputExistsError(f"{rule_path}: exists already; pass --overwrite to refit")
+    table = add_indicator_means(study, table, extra)
     folder.mkdir(parents=True, exist_ok=True)
     # the table as fitted, kept beside the rule
     table_path = write_rows(table, folder / "results.csv", overwrite=True)
@@ -145,6 +210,12 @@ def fit_study(
             f"datasets of {facts['candidate_size']} records finetuning {facts['base_model']} "
             f"(configuration {facts['configuration']}), eval loss on "
             f"{facts['evaluation_set']['records']} D_eval records."
+            + (
+                f" Added at fit time (scored on the finished candidates): "
+                f"{', '.join(ind.name for ind in extra)}."
+                if extra
+                else ""
+            )
         ),
     )
     result.write_report(folder, overwrite=True)

@@ -17,6 +17,9 @@ Conventions the engine relies on:
 - A dataset-level indicator (`dataset_level`, or `set_dependent()` for one
   configuration) is scored on the whole set in one call; its cached scores are
   keyed by a fingerprint of that set as well.
+- A derived indicator (`derived_from()` returns another indicator) is a fixed
+  transform (`derive`) of that indicator's values: the engine scores and caches
+  the other one and transforms, so both share one computation and one cache entry.
 """
 
 from __future__ import annotations
@@ -111,6 +114,14 @@ class Indicator(abc.ABC):
     def set_dependent(self) -> bool:
         """True when a record's value depends on the other records scored with it."""
         return self.dataset_level
+
+    def derived_from(self) -> Indicator | None:
+        """The indicator whose values this one transforms (`derive`); None: scored itself."""
+        return None
+
+    def derive(self, values: np.ndarray) -> np.ndarray:
+        """This indicator's values from those of `derived_from()` (identity by default)."""
+        return values
 
     # --- set-level indicators in phases ---------------------------------------------------
     # A set-dependent indicator may split its work so that the engine can stream and

@@ -104,6 +104,8 @@ class IndicatorRun:
     #: a phased indicator's per-record features (embeddings): computed vs from the cache
     features_computed: int | None = None
     features_cached: int | None = None
+    #: a derived indicator: the indicator whose run this one transformed (its counts are 0)
+    derived_from: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON summaries)."""
@@ -115,6 +117,8 @@ class IndicatorRun:
             "records_per_s": None if rate is None else round(rate, 1),
             "truncated": self.truncated,
         }
+        if self.derived_from:
+            out["derived_from"] = self.derived_from
         if self.features_computed is not None:
             out["features_computed"] = self.features_computed
             out["features_cached"] = self.features_cached
@@ -170,11 +174,28 @@ def compute(
         keys.extend(record_keys(batch))
     columns: dict[str, np.ndarray] = {}
     runs: dict[str, IndicatorRun] = {}
+    scored: dict[str, tuple[np.ndarray, IndicatorRun]] = {}  # by the scored indicator's key
+    users: dict[str, list[tuple[Indicator, Indicator]]] = {}  # (indicator, base) per key
     for ind in indicators:  # one bar per indicator: its own rate and ETA
-        with progress_bar(len(keys), ind.name, enabled=progress) as bar:
-            job = _Job(ind, source, keys, store, runner, bar, chunk_size)
-            columns[ind.name] = job.run()
-            runs[ind.name] = job.report
+        base = ind.derived_from() or ind  # a derived indicator scores (and caches) its base
+        base.expect(len(keys))  # before key(): knn6's key depends on the set's size
+        done = scored.get(base.key())
+        if done is None:
+            with progress_bar(len(keys), ind.name, enabled=progress) as bar:
+                job = _Job(base, source, keys, store, runner, bar, chunk_size)
+                done = scored[base.key()] = (job.run(), job.report)
+        users.setdefault(base.key(), []).append((ind, base))
+        columns[ind.name] = np.asarray(ind.derive(done[0]), dtype=np.float64)
+    for key, group in users.items():  # the run counts once: on the base, else the first user
+        report = scored[key][1]
+        owner = next((i for i, b in group if i is b), group[0][0])
+        for ind, base in group:
+            if ind is owner:
+                report.derived_from = "" if ind is base else base.name
+                runs[ind.name] = report
+            else:
+                runs[ind.name] = IndicatorRun(truncated=report.truncated, derived_from=base.name)
+    runs = {ind.name: runs[ind.name] for ind in indicators}
     return ScoreTable(ids, columns, {ind.name: ind.params() for ind in indicators}, runs)
 
 

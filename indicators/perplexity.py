@@ -233,6 +233,31 @@ class Perplexity(Indicator):
         return np.exp(scored.mean_nll)
 
 
+@register
+class LogPerplexity(Perplexity):
+    """log(perplexity): the mean NLL of the output's tokens, in nats. Same settings and backends.
+
+    Why a second indicator: a rule works on a dataset's mean, and perplexity is
+    heavy-tailed, so one garbled or off-language record can lift a dataset's mean
+    perplexity tenfold; the mean of log-perplexity (the log of the geometric mean)
+    moves with the typical record. The engine scores and caches `perplexity` and
+    takes the log, so asking for both costs one computation.
+    """
+
+    name = "log_perplexity"
+    description = "mean negative log-likelihood (nats per token) of the output given the prompt"
+
+    def derived_from(self) -> Indicator:
+        return Perplexity(**self.settings())
+
+    def derive(self, values: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(np.asarray(values, dtype=np.float64))
+
+    def score(self, records: Sequence[Record]) -> np.ndarray:
+        return self.derive(super().score(records))
+
+
 def witten_bell_perplexity(
     texts: Sequence[Sequence[str]], groups: np.ndarray, order: int, test_groups: Any
 ) -> np.ndarray:

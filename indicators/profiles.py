@@ -50,12 +50,14 @@ LOCAL_INDICATORS = ("input_length", "output_length", "mtld", "knn6", "perplexity
 LOCAL_MODELS: dict[str, str] = {
     "knn6": "all-minilm-l6-v2",
     "perplexity": "smollm2-135m-instruct",
+    "log_perplexity": "smollm2-135m-instruct",
     "ifd": "smollm2-135m-instruct",
 }
 #: checkpoints of the paper's profile (`model` setting per indicator)
 PAPER_MODELS: dict[str, str] = {
     "reward": "OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5",
     "perplexity": "meta-llama/Llama-2-7b-hf",
+    "log_perplexity": "meta-llama/Llama-2-7b-hf",
     # the paper says "SentenceBERT" without naming a checkpoint; this is the
     # sentence-transformers project's general-purpose default
     "knn6": "sentence-transformers/all-mpnet-base-v2",

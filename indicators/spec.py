@@ -235,7 +235,7 @@ def _choices(indicator: str, key: str) -> tuple[str, ...] | None:
         from instructmining.indicators.reward import TEMPLATES
 
         return tuple(TEMPLATES)
-    if key == "template" and indicator in ("perplexity", "ifd"):
+    if key == "template" and indicator in ("perplexity", "log_perplexity", "ifd"):
         from instructmining.models.causal import TEMPLATES as CAUSAL_TEMPLATES
 
         return tuple(CAUSAL_TEMPLATES)

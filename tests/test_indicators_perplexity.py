@@ -105,6 +105,32 @@ def test_cross_fitted_indicator_uses_content_hash_folds():
         create("perplexity", folds=1).score(records)
 
 
+def test_log_perplexity_is_the_log_and_shares_perplexitys_cache(tmp_path):
+    from instructmining.indicators.engine import score_records
+
+    records = [make_record(f"Say something {i}", output=s) for i, s in enumerate(SENTENCES)]
+    want = np.log(create("perplexity").score(records))
+    np.testing.assert_allclose(create("log_perplexity").score(records), want, rtol=1e-12)
+    cache = tmp_path / "scores.sqlite"
+    both = score_records(records, ["perplexity", "log_perplexity"], cache=cache)
+    np.testing.assert_allclose(both.columns["log_perplexity"], want, rtol=1e-12)
+    np.testing.assert_allclose(np.log(both.columns["perplexity"]), want, rtol=1e-12)
+    runs = both.run_dicts()  # one computation, counted once
+    assert runs["perplexity"]["computed"] == len(records)
+    assert runs["log_perplexity"]["computed"] == 0
+    assert runs["log_perplexity"]["derived_from"] == "perplexity"
+    alone = score_records(records, ["log_perplexity"], cache=cache)  # served from the cache
+    assert alone.run_dicts()["log_perplexity"]["cached"] == len(records)
+    assert alone.run_dicts()["log_perplexity"]["computed"] == 0
+    np.testing.assert_allclose(alone.columns["log_perplexity"], want, rtol=1e-12)
+    # its own name in the settings a rule stores, the rest as perplexity's
+    params = create("log_perplexity").params()
+    assert params["name"] == "log_perplexity"
+    assert {k: v for k, v in params.items() if k != "name"} == {
+        k: v for k, v in create("perplexity").params().items() if k != "name"
+    }
+
+
 def test_reference_corpus_backend(tmp_path):
     ref = tmp_path / "ref.jsonl"
     ref.write_text("".join(json.dumps({"instruction": "x", "output": s}) + "\n" for s in SENTENCES))
@@ -153,6 +179,10 @@ def test_causal_lm_backend_matches_direct_computation(tiny_causal_lm):
     again = create("perplexity", model=str(tiny_causal_lm), device="cpu", batch_size=3)
     assert again.key() == ind.key() and "batch_size" not in ind.params()
     np.testing.assert_allclose(again.score(records), got, rtol=1e-5)
+    logged = create("log_perplexity", model=str(tiny_causal_lm), device="cpu", batch_size=2)
+    values = logged.score(records)  # the mean NLL in nats; NaN stays NaN
+    np.testing.assert_allclose(values[:3], np.log(want[:3]), rtol=1e-4)
+    assert np.isnan(values[3])
 
 
 def test_causal_lm_truncation_keeps_output_and_counts(tiny_causal_lm):

@@ -81,6 +81,69 @@ def test_study_fit_writes_a_rule_from_the_results(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
+def test_study_fit_adds_indicators_scored_on_the_finished_candidates(tmp_path: Path) -> None:
+    pytest.importorskip("statsmodels")
+    from instructmining.indicators.engine import score_records
+
+    create_study(
+        tmp_path / "study",
+        sources=write_sources(tmp_path / "src"),
+        eval_paths=write_eval(tmp_path / "eval"),
+        n_mixtures=8,
+        size=10,
+        seed=0,
+        indicators=["input_length", "perplexity"],
+        profile="lite",
+    )
+    study_dir = tmp_path / "study"
+    study = Study(study_dir)
+    store = ResultsStore(study.results_path)
+    want = {}
+    for i, cand in enumerate(study.candidates):  # rows as a run writes them
+        recs = study.candidate_records(cand["candidate_id"])
+        ppl = score_records(recs, ["perplexity"], cache=study.cache_dir).columns["perplexity"]
+        want[cand["candidate_id"]] = float(np.nanmean(np.log(ppl)))
+        store.record_done(
+            cand["candidate_id"],
+            {
+                "candidate_id": cand["candidate_id"],
+                "input_length": float(np.mean([len(r.prompt.split()) for r in recs])),
+                "perplexity": float(np.nanmean(ppl)),
+                "eval_loss": float(np.exp(0.5 + 0.01 * i)),
+                "wall_s": 1.0,
+            },
+        )
+    bad = CliRunner().invoke(main, ["study", "fit", str(study_dir), "--add-indicators", "nope"])
+    assert bad.exit_code == 2 and "no indicator 'nope'" in bad.output
+    again = CliRunner().invoke(
+        main, ["study", "fit", str(study_dir), "--add-indicators", "perplexity"]
+    )
+    assert again.exit_code == 2 and "one of the study's own indicators" in again.output
+    assert not (study_dir / "fit").exists()  # refused before anything was written
+    result = CliRunner().invoke(
+        main,
+        ["study", "fit", str(study_dir), "--add-indicators", "log_perplexity,output_length"],
+    )
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    table = pd.read_csv(study_dir / "fit" / "results.csv")
+    got = dict(zip(table["candidate_id"], table["log_perplexity"], strict=True))
+    assert got == pytest.approx(want, rel=1e-12)  # perplexity's cached values, logged
+    assert table["output_length"].notna().all()  # a non-derived one, scored afresh
+    from instructmining.regression import load_rule
+
+    rule = load_rule(str(study_dir / "fit" / "rule.json"))
+    assert "Added at fit time (scored on the finished candidates): log_perplexity, " in rule.notes
+    from instructmining.experiments.fitting import added_indicators
+
+    stored = {p["name"]: p for p in study.indicator_params}["perplexity"]
+    (derived,) = added_indicators(study, ["log_perplexity"])  # built with perplexity's settings
+    assert {k: v for k, v in derived.params().items() if k != "name"} == {
+        k: v for k, v in stored.items() if k not in ("name", "fingerprints")
+    }
+
+
 def test_study_fit_needs_results(tmp_path: Path) -> None:
     study_dir = _study(tmp_path)
     result = CliRunner().invoke(main, ["study", "fit", str(study_dir)])
