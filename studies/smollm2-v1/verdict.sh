@@ -8,6 +8,8 @@ IM=${IM:-instructmining}
 D=../../../shared/data
 BASE=smollm2-135m-instruct
 TRAIN="--precision fp32 --template chat"   # as run.sh
-[ -f fit/rule.json ] || $IM study fit .   # fit/rule.json, fit/report.md, fit/results.csv
+# the six planned indicators plus log_perplexity (the mean of log-perplexity, read from
+# the cached perplexity scores: see "Decisions for the fit" in README.md)
+[ -f fit/rule.json ] || $IM study fit . --add-indicators log_perplexity   # fit/rule.json, report.md, results.csv
 $IM study compare . --pool $D/pools/dolly_3k.json --rule fit/rule.json --size 256 --seeds 5 \
     --strategies rule,rule-in-range,random,longest,top:ifd --base-model $BASE $TRAIN
