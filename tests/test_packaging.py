@@ -63,6 +63,8 @@ def test_wheel_holds_only_the_namespace(wheel):
         path = package.replace(".", "/") + "/__init__.py"
         assert path in names, f"{package} missing from the wheel"
     assert "instructmining/py.typed" in names
+    for rule in (REPO / "regression" / "rules").glob("*.json"):  # shipped rules, by name
+        assert f"instructmining/regression/rules/{rule.name}" in names
 
 
 def test_wheel_installs_and_imports_outside_the_repository(wheel, tmp_path):
