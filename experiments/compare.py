@@ -325,6 +325,16 @@ def compare_strategies(
         parse(name).check(rule)  # e.g. rule-in-range needs the rule's fitted range
     # the manifest's stored settings are checked before any work (indicators.spec)
     indicators = [from_params(p, source=study.path / MANIFEST) for p in study.indicator_params]
+    study_indicators = list(indicators)
+    if any(parse(name).uses_rule for name in strategies):
+        # a rule feature outside the plan (study fit --add-indicators) is reported per
+        # subset too: it is what places the rule's subsets against its fitted range
+        indicators += [
+            from_params(rule.indicators[f], source=rule.source or rule.name)
+            for f in rule.features
+            if f not in names and f in rule.indicators
+        ]
+        names = [ind.name for ind in indicators]
     kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
     records = kept["pool"]
     if size > len(records):
@@ -374,7 +384,7 @@ def compare_strategies(
                 rule,
                 size=size,
                 seed=pick_seed,
-                indicators=indicators,
+                indicators=study_indicators,
                 models=models,
                 cache=study.cache_dir,
                 progress=progress,

@@ -395,3 +395,32 @@ def test_compare_adds_strategies_and_rules_without_retraining_the_others(
     assert set(other.runs.query("strategy == 'rule'")["rule_digest"]) != set(
         more.runs.query("strategy == 'rule'")["rule_digest"]
     )
+
+
+def test_compare_reports_a_rule_feature_outside_the_plan(study_dir, monkeypatch, tiny_causal_lm):
+    # a rule fitted with `study fit --add-indicators`: its feature is not a study indicator
+    from instructmining.indicators.registry import create
+
+    rule = Rule(
+        name="richer-is-better",
+        intercept=0.3,
+        coefficients={"mtld": -0.01},
+        indicators={"mtld": create("mtld").params()},
+    )
+    settings = runner.settings_for(str(tiny_causal_lm), **SMALL)
+    stub = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", stub)
+    pool = pool_records()
+    result = compare_strategies(
+        study_dir, pool, rule, size=8, seeds=1, settings=settings, strategies=["rule", "random"]
+    )
+    runs = result.runs
+    for name in ("input_length", "output_length", "mtld"):
+        assert runs[f"subset_mean_{name}"].notna().all(), name
+    for strategy, subset in zip(["rule", "random"], stub.subsets, strict=True):
+        row = runs.query(f"strategy == '{strategy}'").iloc[0]
+        want = np.nanmean(create("mtld").score(subset))
+        assert row["subset_mean_mtld"] == pytest.approx(want)
+    assert "| strategy | input_length | output_length | mtld |" in (
+        result.folder / "summary.md"
+    ).read_text()
