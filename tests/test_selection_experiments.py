@@ -421,6 +421,7 @@ def test_compare_reports_a_rule_feature_outside_the_plan(study_dir, monkeypatch,
         row = runs.query(f"strategy == '{strategy}'").iloc[0]
         want = np.nanmean(create("mtld").score(subset))
         assert row["subset_mean_mtld"] == pytest.approx(want)
-    assert "| strategy | input_length | output_length | mtld |" in (
-        result.folder / "summary.md"
-    ).read_text()
+    assert (
+        "| strategy | input_length | output_length | mtld |"
+        in (result.folder / "summary.md").read_text()
+    )
