@@ -365,10 +365,11 @@ def compare_strategies(
     folder.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(folder / "runs.sqlite")
     finished = {rid for rid, e in store.entries().items() if e.status == "done"}
+    # seed by seed: a comparison stopped early still holds complete pairs of strategies
     todo = [
         (strategy, seed)
-        for strategy in strategies
         for seed in range(seeds)
+        for strategy in strategies
         if run_id(strategy, seed) not in finished
     ]
     # every subset and its means first: a strategy that cannot be applied stops before any

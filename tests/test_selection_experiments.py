@@ -263,9 +263,11 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
         )
     runs = result.runs
     assert runs["strategy"].tolist() == [s for s in strategies for _ in range(2)]
-    # the stub saw the subsets strategy by strategy, seed by seed
+    # the stub saw the subsets seed by seed, every strategy of a seed before the next seed
     subset = {
-        (s, seed): stub.subsets[2 * i + seed] for i, s in enumerate(strategies) for seed in (0, 1)
+        (s, seed): stub.subsets[seed * len(strategies) + i]
+        for i, s in enumerate(strategies)
+        for seed in (0, 1)
     }
     top = subset[("top:output_length", 0)]
     assert [r.id for r in top] == [r.id for r in by_length(pool, highest=True)[:8]]

@@ -8,6 +8,13 @@ IM=${IM:-instructmining}
 D=../../../shared/data
 BASE=smollm2-135m-instruct
 TRAIN="--precision fp32 --template chat"   # as run.sh
+# the fit waits for every candidate of the main configuration
+DONE=$(python3 -c "import sqlite3; print(sqlite3.connect('results.sqlite').execute(\"SELECT COUNT(*) FROM results WHERE config = '33c4031d0d9d' AND status = 'done'\").fetchone()[0])")
+WANT=$(python3 -c "import json; print(len(json.load(open('study.json'))['candidates']))")
+if [ "$DONE" != "$WANT" ]; then
+  echo "verdict.sh: $DONE of $WANT candidates done in configuration 33c4031d0d9d; finish run.sh first" >&2
+  exit 1
+fi
 # the six planned indicators plus log_perplexity (the mean of log-perplexity, read from
 # the cached perplexity scores: see "Decisions for the fit" in README.md)
 [ -f fit/rule.json ] || $IM study fit . --add-indicators log_perplexity   # fit/rule.json, report.md, results.csv
