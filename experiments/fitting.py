@@ -131,12 +131,14 @@ def added_indicators(study: Study, names: Sequence[str]) -> list[Any]:
 def add_indicator_means(study: Study, table: Any, indicators: Sequence[Any]) -> Any:
     """`table` with each added indicator's mean over every candidate's records (study cache)."""
     from instructmining.experiments.runner import score_candidate
-    from instructmining.progress import progress_bar
+    from instructmining.progress import progress_bar, progress_enabled
 
     if not indicators:
         return table
     rows = []
-    with progress_bar(len(table), "added indicators", enabled=True) as bar:
+    with progress_bar(
+        len(table), "added indicators", enabled=progress_enabled(), unit="candidate"
+    ) as bar:
         for cid in table["candidate_id"]:
             means = score_candidate(study, str(cid), indicators)
             means.pop("score_s", None)
