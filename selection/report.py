@@ -61,6 +61,8 @@ def write_select_report(
             notes.append(
                 f"select computes only the indicators the rule uses: {', '.join(rule.features)}."
             )
+    for name, params in chosen.column_indicators.items():  # top:IND / bottom:IND
+        computed_by.setdefault(name, describe_backend(params).strip() or name)
     if not any(c in registered() or c.startswith("predicted_") for c in columns):
         extra = score_records(report.pool, list(FALLBACK))
         for name in FALLBACK:

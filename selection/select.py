@@ -84,6 +84,8 @@ class Selection:
     #: records left out as duplicates of a kept one (dedup), and their clusters
     duplicates_dropped: int = 0
     duplicate_clusters: int = 0
+    #: settings (`params()`) of the indicators a strategy scored its columns with (top:IND)
+    column_indicators: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def subset(self, records: Sequence[Record]) -> list[Record]:
         """The selected records, in selection order."""
@@ -332,6 +334,7 @@ def select(
         assert rule is not None
         _score_rule(records, rule, frame, models, device, batch_size, cache, progress, executor)
     wanted = [c for c in chosen_strategy.columns() if c not in frame.columns]
+    built: list[Indicator] = []
     if wanted:
         built = _column_indicators(chosen_strategy, wanted, indicators, models, device, batch_size)
         try:
@@ -411,6 +414,7 @@ def select(
         range_swaps=int(candidates.notes.get("range_swaps", 0)),
         duplicates_dropped=len(duplicate_of),
         duplicate_clusters=len(dups.clusters) if dups is not None else 0,
+        column_indicators={ind.name: ind.params() for ind in built},
     )
 
 

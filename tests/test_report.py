@@ -239,3 +239,17 @@ def test_render_page_overlays_the_subset_and_escapes_ids() -> None:
     assert "No indicator was left out" in text
     assert "Lowest 5" in text and "Highest 5" in text
     assert "One indicator: nothing to correlate" in text
+
+
+def test_select_report_names_how_a_strategys_column_was_computed(tmp_path: Path) -> None:
+    data = _pool(tmp_path)
+    page = tmp_path / "rep" / "index.html"
+    result = _invoke(
+        "select", data, "--strategy", "top:mtld", "-k", "5", "-o", tmp_path / "sub.jsonl",
+        "--report", page.parent, "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert '<section id="ind-mtld">' in text
+    assert '<a href="#ind-mtld">mtld</a></td><td>lexicalrichness</td>' in text
+    assert '<p class="how">computed by lexicalrichness</p>' in text
