@@ -19,7 +19,13 @@ from instructmining.cli.options import (
 
 
 @click.command("indicators")
-def indicators_command() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also list each indicator's own settings with their defaults (for `score --set`).",
+)
+def indicators_command(verbose: bool) -> None:
     """List the registered indicators: name, backends, whether the paper's backend needs a model.
 
     The offline profile (the default of `score`) computes every indicator whose
@@ -52,6 +58,22 @@ def indicators_command() -> None:
     )
     for name, spec in PAPER_MODELS.items():
         click.echo(f"  {name}: {spec}")
+    if verbose:
+        from instructmining.indicators.spec import allowed_settings, constructor_settings
+
+        click.echo("\nSettings (score --set IND.KEY=VALUE; model, device, batch_size,")
+        click.echo("max_length and dtype have their own options):")
+        own = ("model", "device", "batch_size", "max_length", "dtype")
+        for name, cls in sorted(classes.items()):
+            named, _ = constructor_settings(cls)
+            shown = [
+                f"{key}={named[key].default!r}"
+                if named[key].default is not named[key].empty
+                else key
+                for key in allowed_settings(cls)
+                if key not in own
+            ]
+            click.echo(f"  {name}: {', '.join(shown) or '(none)'}")
 
 
 def _default_backend(cls: Any) -> str:
@@ -100,6 +122,18 @@ def _parse_models(
     return out
 
 
+def _parse_settings(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    from instructmining.errors import ParameterError
+    from instructmining.indicators.spec import parse_settings
+
+    try:
+        return parse_settings(values)
+    except ParameterError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @click.command("score")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option(
@@ -133,6 +167,15 @@ def _parse_models(
     metavar="KEY=PATH",
     help="Checkpoint (local path or hub id) for one indicator, e.g. --model reward=/ckpt; "
     "'unieval' sets naturalness, coherence and understandability; repeatable.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    callback=_parse_settings,
+    metavar="IND.KEY=VALUE",
+    help="One indicator's own setting, e.g. --set knn6.k=10 --set knn6.index=hnsw "
+    "--set perplexity.template=plain (`instructmining indicators -v` lists them); repeatable.",
 )
 @click.option(
     "--device",
@@ -182,6 +225,7 @@ def score_command(
     names: list[str] | None,
     profile: str | None,
     models: dict[str, str],
+    settings: dict[str, dict[str, Any]],
     device: str | None,
     batch_size: int | None,
     max_length: int | None,
@@ -233,6 +277,7 @@ def score_command(
             batch_size=batch_size,
             max_length=max_length,
             dtype=dtype,
+            settings=settings or None,
             cache=None if no_cache else (cache_path or default_cache_path()),
             field_map=field_map or None,
             on_error=on_error,

@@ -70,6 +70,7 @@ def score_records(
     batch_size: int | None = None,
     max_length: int | None = None,
     dtype: str | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
     cache: str | Path | ScoreCache | None = None,
     progress: bool = False,
     chunk_size: int = CHUNK,
@@ -78,8 +79,8 @@ def score_records(
     """Score `records` held in memory; a `ScoreTable` (values, params, runs, left-out).
 
     `indicators`: names or objects; default: the `profile`'s set. `models`,
-    `device`, `batch_size`, `max_length`, `dtype` as the command's options.
-    `cache`: path of a score store (or a ScoreCache), None for no caching.
+    `device`, `batch_size`, `max_length`, `dtype` as the command's options;
+    `settings`: one indicator's own settings by name (`--set`). `cache`: path of a score store (or a ScoreCache), None for no caching.
     `executor`: where record batches run (default: this process).
     """
     plan = plan_indicators(
@@ -90,6 +91,7 @@ def score_records(
         batch_size=batch_size,
         max_length=max_length,
         dtype=dtype,
+        settings=settings,
     )
     if chunk_size < 1:
         raise ValueError(f"The 'chunk_size' parameter of score must be >= 1. Got {chunk_size}.")
@@ -270,6 +272,7 @@ def score_file(
     batch_size: int | None = None,
     max_length: int | None = None,
     dtype: str | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
     cache: str | Path | None = None,
     field_map: str | dict[str, str] | None = None,
     on_error: OnError = "raise",
@@ -284,11 +287,12 @@ def score_file(
 
     Indicators: `indicators` (names or objects), else the `profile`; `models`
     sets checkpoints by indicator name or "unieval"; device/batch_size/
-    max_length/dtype go to every indicator taking them. `cache`: score store
-    path (None: no cache). `executor`: where record batches run (default: this
-    process). `keep_records`: keep the records in the report (for a report page;
-    costs memory on a large file). `chunk_size`: records per computation and per
-    cache commit (at most `MODEL_CHUNK` for model indicators).
+    max_length/dtype go to every indicator taking them; `settings` gives one
+    indicator's own settings (`--set`). `cache`: score store path (None: no
+    cache). `executor`: where record batches run (default: this process).
+    `keep_records`: keep the records in the report (for a report page; costs
+    memory on a large file). `chunk_size`: records per computation and per cache
+    commit (at most `MODEL_CHUNK` for model indicators).
     """
     began = time.perf_counter()
     out = check_output(output, overwrite=overwrite, inputs=[data])
@@ -300,6 +304,7 @@ def score_file(
         batch_size=batch_size,
         max_length=max_length,
         dtype=dtype,
+        settings=settings,
     )
     built = plan.indicators
     if not built:

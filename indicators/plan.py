@@ -35,8 +35,13 @@ def plan_indicators(
     batch_size: int | None = None,
     max_length: int | None = None,
     dtype: str | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Any:
-    """The profile's `Plan` (indicators and left-out reasons); explicit objects are kept as given."""
+    """The profile's `Plan` (indicators and left-out reasons); explicit objects are kept as given.
+
+    `settings`: extra constructor settings by indicator name (`--set IND.KEY=VALUE`);
+    one for an indicator the plan does not score is refused.
+    """
     from instructmining.indicators.profiles import Plan, build
 
     runtime: dict[str, Any] = {
@@ -46,7 +51,7 @@ def plan_indicators(
         "dtype": dtype,
     }
     if indicators is not None and not all(isinstance(i, str) for i in indicators):
-        if models or profile or any(v is not None for v in runtime.values()):
+        if models or profile or settings or any(v is not None for v in runtime.values()):
             raise ValueError(
                 "indicator objects carry their own settings; pass names to use profile/models"
             )
@@ -54,7 +59,22 @@ def plan_indicators(
     names = None if indicators is None else [str(i) for i in indicators]
     if names is not None:
         _refuse_duplicates(names)
-    return build(profile, names=names, models=models, **runtime)
+    plan = build(
+        profile,
+        names=names,
+        models=models,
+        settings={k: dict(v) for k, v in (settings or {}).items()},
+        **runtime,
+    )
+    unused = sorted(set(settings or {}) - {ind.name for ind in plan.indicators})
+    if unused:
+        from instructmining.errors import ParameterError
+
+        raise ParameterError(
+            f"--set {', '.join(unused)}.*: not among the indicators scored "
+            f"({', '.join(ind.name for ind in plan.indicators)}); add it with --indicators"
+        )
+    return plan
 
 
 def describe_backend(params: Mapping[str, Any]) -> str:

@@ -358,3 +358,67 @@ def build(
     if isinstance(spec, Mapping):
         check_backend(indicator, spec, source=source)
     return indicator
+
+
+# --- settings given on the command line ----------------------------------------------------
+
+#: settings with their own option (`--model`, `--device`, ...), refused by `--set`
+_OWN_OPTIONS = {
+    "model": "--model",
+    "device": "--device",
+    "batch_size": "--batch-size",
+    "max_length": "--max-length",
+    "dtype": "--dtype",
+}
+
+
+def _typed(text: str, kinds: frozenset[str]) -> Any:
+    """`text` as the first JSON kind of `kinds` it reads as (null, bool, int, float, else str)."""
+    word = text.strip()
+    if "none" in kinds and word.lower() in ("null", "none"):
+        return None
+    if "bool" in kinds and word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    if "int" in kinds and re.fullmatch(r"[+-]?\d+", word):
+        return int(word)
+    if "float" in kinds:
+        try:
+            return float(word)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_setting(text: str, *, option: str = "--set") -> tuple[str, str, Any]:
+    """(indicator, setting, value) from ``IND.KEY=VALUE``, typed and checked like a stored one.
+
+    The value is read as the kind the constructor takes (an integer for `k`, true/false
+    for a flag, a string for a choice such as knn6's `index`); `check_params` then
+    refuses an unknown indicator or setting, a wrong type or an out-of-range value.
+    """
+    head, sep, value = text.partition("=")
+    indicator, dot, key = head.strip().partition(".")
+    if not sep or not dot or not indicator or not key:
+        raise ParameterError(f"{option} {text!r}: expected IND.KEY=VALUE, e.g. knn6.k=10")
+    if key in _OWN_OPTIONS:
+        raise ParameterError(f"{option} {text!r}: give {key} with {_OWN_OPTIONS[key]}")
+    cls = registered().get(indicator)
+    if cls is None:
+        raise ParameterError(
+            f"{option} {text!r}: no indicator {indicator!r}; "
+            f"registered: {', '.join(sorted(registered()))}"
+        )
+    named, _ = constructor_settings(cls)
+    kinds = _kinds(named[key]) if key in named else _SCALARS
+    typed = _typed(value, kinds)
+    check_params({"name": indicator, key: typed}, source=option)
+    return indicator, key, typed
+
+
+def parse_settings(texts: Any, *, option: str = "--set") -> dict[str, dict[str, Any]]:
+    """Every ``IND.KEY=VALUE`` of a repeated option, grouped by indicator."""
+    out: dict[str, dict[str, Any]] = {}
+    for text in texts or ():
+        indicator, key, value = parse_setting(text, option=option)
+        out.setdefault(indicator, {})[key] = value
+    return out

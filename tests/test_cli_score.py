@@ -142,3 +142,41 @@ def test_an_indicator_without_a_model_in_its_profile_is_refused_before_work(tmp_
     assert "ifd needs a model and the lite profile gives it none" in result.output
     assert "--model ifd=NAME_OR_PATH" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_set_gives_one_indicators_own_settings(tmp_path):
+    out = tmp_path / "s.csv"
+    result = run(
+        "score", EXAMPLE, "-o", out, "--profile", "lite", "-i", "knn6,mtld",
+        "--set", "knn6.k=3", "--set", "mtld.threshold=0.5", "--no-cache", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    params = json.loads(Path(f"{out}.summary.json").read_text())["indicators"]
+    assert params["knn6"]["k"] == 3 and params["mtld"]["threshold"] == 0.5
+    default = tmp_path / "d.csv"
+    assert (
+        run("score", EXAMPLE, "-o", default, "--profile", "lite", "-i", "knn6", "-q").exit_code == 0
+    )
+    assert not pd.read_csv(out)["knn6"].equals(pd.read_csv(default)["knn6"])  # k=3, not 6
+    listed = run("indicators", "-v").output
+    assert "knn6: k=6, reference=None, dims=256, index='auto'" in listed
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("knn6.k=0", "setting 'k' must be an integer >= 1; got 0"),
+        ("knn6.index=bogus", "must be one of auto, exact, hnsw, ivf"),
+        ("knn6.kk=2", "unknown setting 'kk'; allowed settings: k,"),
+        ("nope.k=2", "no indicator 'nope'"),
+        ("knn6=2", "expected IND.KEY=VALUE"),
+        ("knn6.model=x", "give model with --model"),
+        ("mtld.threshold=0.5", "--set mtld.*: not among the indicators scored"),
+    ],
+)
+def test_bad_set_is_refused_before_work(tmp_path, setting, message):
+    out = tmp_path / "s.csv"
+    result = run("score", EXAMPLE, "-o", out, "--profile", "lite", "-i", "knn6", "--set", setting)
+    assert result.exit_code == 2, result.output
+    assert message in result.output.replace("\n", " ")
+    assert not out.exists()
