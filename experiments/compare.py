@@ -111,6 +111,11 @@ def _fmt(value: Any) -> str:
     return "n/a" if math.isnan(number) else f"{number:.4g}"
 
 
+def _loss(value: Any) -> str:
+    """A loss to 4 decimals, as the measured ones; n/a when missing."""
+    return "n/a" if value is None or math.isnan(float(value)) else f"{float(value):.4f}"
+
+
 @dataclass
 class Comparison:
     """Per-run losses, per-strategy intervals, subset means and paired differences."""
@@ -121,6 +126,9 @@ class Comparison:
     indicators: list[str] = field(default_factory=list)
     #: the rule's fitted range by indicator ({min, mean, max}), shown under the means
     ranges: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the rule compared: its prediction for each strategy's subset means is tabled
+    #: beside the measured loss (how far to trust the rule where it was used)
+    rule: Rule | None = None
 
     def _strategies(self) -> list[str]:
         return list(dict.fromkeys(self.runs["strategy"]))
@@ -135,20 +143,38 @@ class Comparison:
         return [n for n in names if f"subset_mean_{n}" in self.runs.columns]
 
     def per_strategy(self) -> list[dict[str, Any]]:
-        """Mean eval loss and its 95% interval for each strategy."""
+        """Mean eval loss and its 95% interval for each strategy, and what the rule predicted."""
+        predicted = self.predicted()
         out = []
         for strategy, group in self.runs.groupby("strategy", sort=False):
             mean, low, high = mean_interval(group["eval_loss"].tolist())
-            out.append(
-                {
-                    "strategy": strategy,
-                    "runs": len(group),
-                    "mean_loss": mean,
-                    "ci_low": low,
-                    "ci_high": high,
-                }
-            )
+            row = {
+                "strategy": strategy,
+                "runs": len(group),
+                "mean_loss": mean,
+                "ci_low": low,
+                "ci_high": high,
+            }
+            if predicted:
+                row["predicted_loss"] = predicted.get(str(strategy), math.nan)
+            out.append(row)
         return out
+
+    def predicted(self) -> dict[str, float]:
+        """The rule's predicted loss for each strategy's subset means ({} without the means).
+
+        A rule that ranks well predicts the measured order of the strategies; a large
+        gap where a subset leaves the fitted range shows the rule extrapolating.
+        """
+        if self.rule is None or not self.rule.features:
+            return {}
+        rows = self.subset_means()
+        if not rows or any(f not in rows[0] for f in self.rule.features):
+            return {}
+        return {
+            str(r["strategy"]): float(self.rule.predict({f: [r[f]] for f in self.rule.features})[0])
+            for r in rows
+        }
 
     def subset_means(self) -> list[dict[str, Any]]:
         """Per strategy: the mean over its runs of each indicator's subset mean."""
@@ -207,11 +233,18 @@ class Comparison:
 
     def markdown(self) -> str:
         """The loss, subset-mean and paired-difference tables as markdown."""
-        lines = ["| strategy | runs | mean eval loss | 95% interval |", "|---|---|---|---|"]
-        for r in self.per_strategy():
+        rows = self.per_strategy()
+        predicts = any("predicted_loss" in r for r in rows)
+        extra = " rule's prediction |" if predicts else ""
+        lines = [
+            "| strategy | runs | mean eval loss | 95% interval |" + extra,
+            "|---|---|---|---|" + ("---|" if predicts else ""),
+        ]
+        for r in rows:
             lines.append(
                 f"| {r['strategy']} | {r['runs']} | {r['mean_loss']:.4f} | "
                 f"{_interval(r['ci_low'], r['ci_high'], '.4f')} |"
+                + (f" {_loss(r.get('predicted_loss'))} |" if predicts else "")
             )
         columns = self.mean_columns()
         if columns:
@@ -436,7 +469,7 @@ def compare_strategies(
         )
     order = runs["strategy"].map({n: i for i, n in enumerate(strategies)})
     runs = runs.assign(_order=order).sort_values(["_order", "seed"]).drop(columns="_order")
-    result = Comparison(runs.reset_index(drop=True), folder, names, dict(rule.ranges))
+    result = Comparison(runs.reset_index(drop=True), folder, names, dict(rule.ranges), rule)
     write_rows(result.runs, folder / "runs.csv", overwrite=True)
     with atomic_path(folder / "summary.md") as tmp:
         tmp.write_text(result.markdown(), encoding="utf-8")

@@ -300,6 +300,14 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     assert "| strategy | input_length | output_length |" in summary
     assert "| top:output_length - random |" in summary and "beats random" in summary
     assert "| *rule's fitted range* |" in summary and "[9, 11]" in summary
+    # beside each measured loss, what the rule predicts from the subset's means
+    assert "| strategy | runs | mean eval loss | 95% interval | rule's prediction |" in summary
+    by_strategy = {r["strategy"]: r for r in result.per_strategy()}
+    averaged = runs.groupby("strategy")["subset_mean_output_length"].mean()
+    for s in strategies:
+        want = math.exp(0.3 - 0.02 * averaged[s])
+        assert by_strategy[s]["predicted_loss"] == pytest.approx(want)
+    assert f"| {by_strategy['rule']['predicted_loss']:.4f} |" in summary
     doc = json.loads((result.folder / "summary.json").read_text())
     assert [r["strategy"] for r in doc["subset_means"]] == strategies
     assert doc["paired_vs_random"][0]["difference"] == "rule - random"
