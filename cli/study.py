@@ -434,6 +434,12 @@ def export_command(study_dir: Path, output: Path | None) -> None:
     "the most finished candidates.",
 )
 @click.option(
+    "--name",
+    default=None,
+    help="Name of the rule [default: 'study FOLDER']; a rule shipped in "
+    "regression/rules/ is named as its file.",
+)
+@click.option(
     "--add-indicators",
     default=None,
     metavar="NAMES",
@@ -447,6 +453,7 @@ def fit_command(
     overwrite: bool,
     config: str | None,
     add_indicators: str | None,
+    name: str | None,
 ) -> None:
     """Fit the loss rule on STUDY_DIR's results; writes STUDY_DIR/fit/rule.json and a report."""
     from instructmining.experiments.fitting import fit_study
@@ -454,7 +461,12 @@ def fit_command(
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
     added = [f.strip() for f in (add_indicators or "").split(",") if f.strip()]
     fit = fit_study(
-        study_dir, features=names, overwrite=overwrite, config=config, add_indicators=added
+        study_dir,
+        features=names,
+        overwrite=overwrite,
+        config=config,
+        add_indicators=added,
+        name=name,
     )
     click.echo(
         f"fitted on {fit.n_rows} candidates of configuration {fit.config or '(unnamed)'}; "

@@ -159,6 +159,7 @@ def fit_study(
     overwrite: bool = False,
     config: str | None = None,
     add_indicators: Sequence[str] = (),
+    name: str | None = None,
     **fit_options: Any,
 ) -> StudyFit:
     """Fit a rule on the study's results; write results.csv, rule.json and the report.
@@ -199,7 +200,7 @@ def fit_study(
         features=chosen,
         loss="eval_loss",
         indicators={f: params[f] for f in chosen if f in params},
-        name=f"study {study.path.resolve().name}",
+        name=name or f"study {study.path.resolve().name}",
         source=table_path,
         **fit_options,
     )

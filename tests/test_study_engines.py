@@ -122,8 +122,11 @@ def test_study_fit_adds_indicators_scored_on_the_finished_candidates(tmp_path: P
     assert not (study_dir / "fit").exists()  # refused before anything was written
     result = CliRunner().invoke(
         main,
-        ["study", "fit", str(study_dir), "--add-indicators", "log_perplexity,output_length"],
-    )
+        [
+            "study", "fit", str(study_dir), "--add-indicators", "log_perplexity,output_length",
+            "--name", "lite-v0",
+        ],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     import pandas as pd
 
@@ -135,6 +138,7 @@ def test_study_fit_adds_indicators_scored_on_the_finished_candidates(tmp_path: P
 
     rule = load_rule(str(study_dir / "fit" / "rule.json"))
     assert "Added at fit time (scored on the finished candidates): log_perplexity, " in rule.notes
+    assert rule.name == "lite-v0"
     from instructmining.experiments.fitting import added_indicators
 
     stored = {p["name"]: p for p in study.indicator_params}["perplexity"]

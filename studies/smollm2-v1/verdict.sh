@@ -17,6 +17,9 @@ if [ "$DONE" != "$WANT" ]; then
 fi
 # the six planned indicators plus log_perplexity (the mean of log-perplexity, read from
 # the cached perplexity scores: see "Decisions for the fit" in README.md)
-[ -f fit/rule.json ] || $IM study fit . --add-indicators log_perplexity   # fit/rule.json, report.md, results.csv
+[ -f fit/rule.json ] || $IM study fit . --add-indicators log_perplexity --name smollm2-v1   # fit/rule.json, report.md, results.csv
+# shipped as the built-in rule smollm2-v1 (tests/test_shipped_rules.py refits it from fit/results.csv)
+cmp -s fit/rule.json ../../regression/rules/smollm2-v1.json || {
+  mkdir -p ../../regression/rules && cp fit/rule.json ../../regression/rules/smollm2-v1.json; }
 $IM study compare . --pool $D/pools/dolly_3k.json --rule fit/rule.json --size 256 --seeds 5 \
     --strategies rule,rule-in-range,random,longest,top:ifd --base-model $BASE $TRAIN
