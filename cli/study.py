@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -362,7 +363,16 @@ def status_command(study_dir: Path, verbose: bool, config: str | None) -> None:
         )
     click.echo(line)
     click.echo(f"  failed   {len(failed)}")
-    click.echo(f"  pending  {len(pending)}")
+    line = f"  pending  {len(pending)}"
+    if pending and walls:
+        recent = sorted(done, key=lambda e: e.finished)[-5:]  # the machine as it runs now
+        typical = statistics.median(e.wall_s for e in recent if e.wall_s is not None)
+        hours = typical * len(pending) / 3600
+        line += (
+            f"  (about {hours:.1f} h one at a time, at the median {typical:.0f} s "
+            f"of the last {len(recent)} finished)"
+        )
+    click.echo(line)
     base = ResultsStore(study.results_path, chosen).baseline()
     if base is not None:
         losses = [e.row["eval_loss"] for e in done if e.row and "eval_loss" in e.row]

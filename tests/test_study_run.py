@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -364,6 +365,9 @@ def test_study_run_and_status_commands(study_dir: Path) -> None:
     assert status.exit_code == 0, status.output
     assert "done     2" in status.output and "pending  1" in status.output
     assert "eval_loss" in status.output
+    walls = sorted(e.wall_s for e in ResultsStore(Study(study_dir).results_path).entries().values())
+    eta = statistics.median(walls) / 3600  # one pending candidate at the median wall time
+    assert f"pending  1  (about {eta:.1f} h one at a time, at the median" in status.output
     unknown = cli.invoke(main, ["study", "status", str(study_dir), "--config", "nope"])
     assert unknown.exit_code == 2 and "--config nope: no results for it" in unknown.output
     missing = cli.invoke(main, ["study", "status", str(study_dir.parent)])
