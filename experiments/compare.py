@@ -429,6 +429,11 @@ def compare_strategies(
         )
         for pick, subset in subsets.items()
     }
+    (folder / "subsets").mkdir(exist_ok=True)
+    for strategy, seed in todo:  # each run's record ids, in the strategy's order, for analysis
+        subset = subsets[(strategy, seed if strategy in seeded else 0)]
+        name = run_id(strategy, seed).replace(":", "_")  # top:ifd -> top_ifd: a portable name
+        write_json([r.id for r in subset], folder / "subsets" / f"{name}.json")
     for strategy, seed in todo:
         pick = (strategy, seed if strategy in seeded else 0)
         subset = subsets[pick]

@@ -269,6 +269,11 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
         for i, s in enumerate(strategies)
         for seed in (0, 1)
     }
+    digest = runs.loc[runs["strategy"] == "rule", "rule_digest"].iloc[0]
+    for (s, seed), records in subset.items():  # kept for analysis, one file per run
+        tag = f"@{digest}" if s.startswith("rule") else ""
+        path = result.folder / "subsets" / f"{s}{tag}-seed{seed}.json".replace(":", "_")
+        assert json.loads(path.read_text()) == [r.id for r in records]
     top = subset[("top:output_length", 0)]
     assert [r.id for r in top] == [r.id for r in by_length(pool, highest=True)[:8]]
     assert [r.id for r in subset[("bottom:output_length", 0)]] == [
