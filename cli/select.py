@@ -311,6 +311,8 @@ def select_command(
         line = f"  {name:<20} pool mean {means['pool']:.4g}   selected mean {means['selected']:.4g}"
         fitted = chosen.range_check.get(name)
         if fitted is not None:
+            if "pool_column_mean" in fitted:  # set-level: the subset's value among itself
+                line += f"   within the subset {fitted['subset_mean']:.4g}"
             line += f"   fitted range [{fitted['min']:.4g}, {fitted['max']:.4g}]"
         click.echo(line)
     for message in chosen.range_warnings:

@@ -11,7 +11,7 @@ rule's ranking as closely as a greedy swap search can.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,12 +65,19 @@ def ranged_features(rule: Rule) -> list[str]:
 
 
 def check_subset(
-    rule: Rule, frame: Any, chosen: Sequence[int] | np.ndarray
+    rule: Rule,
+    frame: Any,
+    chosen: Sequence[int] | np.ndarray,
+    *,
+    own: Mapping[str, Callable[[str, np.ndarray], float]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per ranged rule indicator: the subset's mean (NaN values left out), the range, inside?
 
     `frame` holds one column per indicator and one row per pool record; `chosen`
-    are the row positions of the subset.
+    are the row positions of the subset. `own` gives, for a set-level indicator
+    (knn6), the subset's own value: the range was fitted on candidates' own values,
+    and the pool column (each record among the whole pool) is not comparable with it;
+    the pool-column mean is kept as `pool_column_mean`.
     """
     rows = np.asarray(chosen, dtype=np.int64)
     report: dict[str, dict[str, Any]] = {}
@@ -79,12 +86,15 @@ def check_subset(
         finite = values[np.isfinite(values)]
         mean = float(finite.mean()) if len(finite) else float("nan")
         r = rule.ranges[name]
+        entry: dict[str, Any] = {"subset_mean": mean}
+        if own and name in own:
+            entry = {"subset_mean": own[name](name, rows), "pool_column_mean": mean}
         report[name] = {
-            "subset_mean": mean,
+            **entry,
             "min": r["min"],
             "mean": r["mean"],
             "max": r["max"],
-            "inside": not is_outside(mean, r["min"], r["max"]),
+            "inside": not is_outside(entry["subset_mean"], r["min"], r["max"]),
         }
     return report
 

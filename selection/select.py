@@ -7,8 +7,11 @@ taking a prefix minimises the predicted loss of a subset of that size.
 Dataset-level indicators (``knn6``) are computed once against the whole pool:
 a record's distance to its k-th neighbour among all candidates is a property
 of the record within the data it is drawn from, and keeps the ranking a plain
-sort (reproducible, a prefix for every size). The subset's own ``knn6`` would
-differ; ``--diversity`` is the tool for controlling redundancy inside it.
+sort (reproducible, a prefix for every size). The subset's own ``knn6`` differs
+(the same records lie further apart among fewer of them); a rule's fitted range
+holds candidates' own values, so the range check and ``within_range`` use the
+subset's own value (`ScoredPool.own_value`). ``--diversity`` is the tool for
+controlling redundancy inside the subset.
 
 The rule only knows the span of mean indicator values it was fitted on
 (`Rule.ranges`). After choosing, every rule indicator's subset mean is checked
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,9 +333,15 @@ def select(
     ids = [r.id for r in records]
     frame = pd.DataFrame({"id": ids})
     ranked_by_rule = rule is not None and (chosen_strategy.uses_rule or score_rule)
+    own: Callable[[str, np.ndarray], float] | None = None
+    set_level: frozenset[str] = frozenset()
     if ranked_by_rule:
         assert rule is not None
-        _score_rule(records, rule, frame, models, device, batch_size, cache, progress, executor)
+        used = _score_rule(
+            records, rule, frame, models, device, batch_size, cache, progress, executor
+        )
+        set_level = frozenset(ind.name for ind in used if ind.set_dependent())
+        own = _own_values(records, {ind.name: ind for ind in used}, cache)
     wanted = [c for c in chosen_strategy.columns() if c not in frame.columns]
     built: list[Indicator] = []
     if wanted:
@@ -347,7 +356,15 @@ def select(
             ) from None
         for col in wanted:
             frame[col] = scored[col].to_numpy()
-    pool = ScoredPool(records, frame, rule if ranked_by_rule else None, seed, embed)
+    pool = ScoredPool(
+        records,
+        frame,
+        rule if ranked_by_rule else None,
+        seed,
+        embed,
+        own=own,
+        set_level=set_level,
+    )
 
     duplicate_of: dict[int, int] = {}
     kept = np.arange(n, dtype=np.int64)
@@ -383,7 +400,7 @@ def select(
     check: dict[str, dict[str, Any]] = {}
     if chosen_strategy.needs_rule:
         assert rule is not None
-        check = check_subset(rule, frame, chosen)
+        check = check_subset(rule, frame, chosen, own={n: own for n in set_level} if own else None)
     messages = check_messages(check)
     for message in messages:
         warnings.warn(message, FittedRangeWarning, stacklevel=2)
@@ -428,8 +445,9 @@ def _score_rule(
     cache: str | Path | None,
     progress: bool,
     executor: Executor | None = None,
-) -> None:
-    """Add the rule's indicators and its prediction to `frame` (warning about NaN ones)."""
+) -> list[Indicator]:
+    """Add the rule's indicators and its prediction to `frame` (warning about NaN ones);
+    the indicators it scored with."""
     indicators = rule_indicators(rule, models=models, device=device, batch_size=batch_size)
     scored = score(records, indicators, cache=cache, progress=progress, executor=executor)
     for col in scored.columns[1:]:
@@ -444,6 +462,27 @@ def _score_rule(
             f"{n_nan} records have no prediction (an indicator is NaN); they are ranked last",
             stacklevel=3,
         )
+    return indicators
+
+
+def _own_values(
+    records: Sequence[Record], indicators: Mapping[str, Indicator], cache: str | Path | None
+) -> Callable[[str, np.ndarray], float]:
+    """A subset's own mean of a set-level indicator (knn6 among the subset's records alone),
+    through the score cache: knn6's embeddings are cached per record, so a subset costs
+    its neighbour search only. Memoised by subset."""
+    seen: dict[tuple[str, bytes], float] = {}
+
+    def own(name: str, rows: np.ndarray) -> float:
+        key = (name, np.sort(np.asarray(rows, dtype=np.int64)).tobytes())
+        if key not in seen:
+            subset = [records[int(i)] for i in rows]
+            values = score(subset, [indicators[name]], cache=cache)[name].to_numpy(float)
+            finite = values[np.isfinite(values)]
+            seen[key] = float(finite.mean()) if len(finite) else math.nan
+        return seen[key]
+
+    return own
 
 
 def _column_indicators(

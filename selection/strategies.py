@@ -93,6 +93,11 @@ class ScoredPool:
     embedder: Callable[[], np.ndarray] | None = None
     rows: np.ndarray | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: a set-level rule indicator's own mean over a subset, by name and root-pool rows
+    #: (see `own_value`); None when the rule has none
+    own: Callable[[str, np.ndarray], float] | None = None
+    #: the rule indicators whose value depends on the set scored (knn6)
+    set_level: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -134,7 +139,21 @@ class ScoredPool:
             self.seed,
             self.embedder,
             pos if self.rows is None else self.rows[pos],
+            own=self.own,
+            set_level=self.set_level,
         )
+
+    def own_value(self, name: str, positions: Sequence[int] | np.ndarray) -> float:
+        """The subset's own mean of set-level indicator `name`: scored within the subset.
+
+        The pool's column holds each record's value within the whole pool (knn6: its
+        distance to the k-th neighbour among all records), which a subset of the pool
+        does not have: the same records are further apart among fewer of them.
+        """
+        if self.own is None:
+            raise ParameterError(f"no scorer for {name!r} within a subset")
+        pos = np.asarray(positions, dtype=np.int64)
+        return self.own(name, pos if self.rows is None else self.rows[pos])
 
 
 def rule_order(pool: ScoredPool) -> np.ndarray:
@@ -369,6 +388,10 @@ def rule_where(rule: Rule) -> str:
     return rule.source or f"rule {rule.name!r}"
 
 
+#: repairs of a subset with a set-level ranged indicator, each on the gap measured last
+SET_LEVEL_ROUNDS = 8
+
+
 @_builtin
 class RuleInRange(RuleRanking):
     """The rule's ranking with every ranged subset mean kept inside the rule's fitted range."""
@@ -393,7 +416,11 @@ class RuleInRange(RuleRanking):
             )
 
     def choose(self, pool: ScoredPool, k: int | None) -> np.ndarray:
-        from instructmining.selection.ranges import ranged_features, within_range_subset
+        from instructmining.selection.ranges import (
+            is_outside,
+            ranged_features,
+            within_range_subset,
+        )
 
         order = self.order(pool)
         if k is None:
@@ -402,14 +429,26 @@ class RuleInRange(RuleRanking):
         if rule is None:
             raise ParameterError(f"strategy {self.name!r} needs a rule")
         names = ranged_features(rule)
-        chosen, swaps = within_range_subset(
-            order,
-            pool.frame[names].to_numpy(dtype=np.float64),
-            [rule.ranges[name]["min"] for name in names],
-            [rule.ranges[name]["max"] for name in names],
-            k,
-            names,
-        )
+        values = pool.frame[names].to_numpy(dtype=np.float64)
+        lower = np.array([rule.ranges[name]["min"] for name in names], dtype=np.float64)
+        upper = np.array([rule.ranges[name]["max"] for name in names], dtype=np.float64)
+        shifted = [g for g, name in enumerate(names) if name in pool.set_level]
+        chosen, swaps = order[:k], 0
+        # A set-level indicator's range holds subsets' own values, the pool's column values
+        # within the whole pool: the bounds move by their gap on the current subset, and
+        # the repair is redone until its own value is inside (or the rounds run out).
+        for _ in range(SET_LEVEL_ROUNDS if shifted else 1):
+            low, high = lower.copy(), upper.copy()
+            for g in shifted:
+                gap = np.nanmean(values[chosen, g]) - pool.own_value(names[g], chosen)
+                low[g], high[g] = lower[g] + gap, upper[g] + gap
+            chosen, done = within_range_subset(order, values, list(low), list(high), k, names)
+            swaps += done
+            if all(
+                not is_outside(pool.own_value(names[g], chosen), lower[g], upper[g])
+                for g in shifted
+            ):
+                break
         pool.notes["range_swaps"] = swaps
         return chosen
 

@@ -348,3 +348,45 @@ def test_cli_within_range(tmp_path):
          str(tmp_path / "p.jsonl")],
     )  # fmt: skip
     assert plain.exit_code == 2 and "records none" in plain.output
+
+
+def _own_knn6(records, rows):
+    """knn6 of a subset among its own records (as a study scores a candidate)."""
+    from instructmining.indicators.engine import score
+    from instructmining.indicators.registry import create
+
+    return float(np.nanmean(score([records[i] for i in rows], [create("knn6")])["knn6"]))
+
+
+def test_a_set_level_indicator_is_checked_and_kept_in_range_by_its_own_value():
+    # knn6 (offline: TF-IDF + SVD fitted on the set scored) of a subset among itself is
+    # not the mean of its records' values among the whole pool; the fitted range holds
+    # candidates' own values, so selection must compare those
+    from instructmining.indicators.engine import score
+    from instructmining.indicators.registry import create
+
+    records = pool(120)
+    column = score(records, [create("knn6")])["knn6"].to_numpy()
+    rng = np.random.default_rng(0)
+    owns = [_own_knn6(records, rng.choice(120, 20, replace=False)) for _ in range(20)]
+    low, high = float(np.quantile(owns, 0.25)), float(np.quantile(owns, 0.75))
+    rule = Rule(
+        name="diverse",
+        intercept=1.0,
+        coefficients={"knn6": -0.1},
+        indicators={"knn6": create("knn6").params()},
+        ranges={"knn6": {"min": low, "mean": float(np.median(owns)), "max": high, "n": 20}},
+    )
+    with pytest.warns(FittedRangeWarning):
+        top = select(records, rule, k=20)
+    check = top.range_check["knn6"]
+    assert check["subset_mean"] == pytest.approx(_own_knn6(records, top.indices))
+    assert check["pool_column_mean"] == pytest.approx(column[top.indices].mean())
+    assert check["subset_mean"] != pytest.approx(check["pool_column_mean"], rel=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FittedRangeWarning)
+        kept = select(records, rule, k=20, strategy="rule-in-range")
+    own = _own_knn6(records, kept.indices)
+    assert low <= own <= high and kept.range_check["knn6"]["inside"] is True
+    # bounds applied to the pool column instead would have judged another subset
+    assert not low <= column[kept.indices].mean() <= high
