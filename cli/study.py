@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from instructmining.cli.options import (
+    model_option,
     overwrite_option,
     quiet_option,
     run_settings,
@@ -456,6 +457,7 @@ def export_command(study_dir: Path, output: Path | None) -> None:
     help="Indicators outside the plan to score on the finished candidates now and offer to "
     "the fit (e.g. log_perplexity, which reuses the study's cached perplexity).",
 )
+@model_option
 @overwrite_option
 def fit_command(
     study_dir: Path,
@@ -464,6 +466,7 @@ def fit_command(
     config: str | None,
     add_indicators: str | None,
     name: str | None,
+    models: dict[str, str],
 ) -> None:
     """Fit the loss rule on STUDY_DIR's results; writes STUDY_DIR/fit/rule.json and a report."""
     from instructmining.experiments.fitting import fit_study
@@ -477,6 +480,7 @@ def fit_command(
         config=config,
         add_indicators=added,
         name=name,
+        models=models,
     )
     click.echo(
         f"fitted on {fit.n_rows} candidates of configuration {fit.config or '(unnamed)'}; "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -92,12 +92,15 @@ def study_provenance(study: Study, table: Any) -> dict[str, Any]:
     }
 
 
-def added_indicators(study: Study, names: Sequence[str]) -> list[Any]:
+def added_indicators(
+    study: Study, names: Sequence[str], models: Mapping[str, str] | None = None
+) -> list[Any]:
     """Indicators outside the study's plan, to score on its finished candidates at fit time.
 
     One that derives from a study indicator (log_perplexity from perplexity) is built
     with that indicator's stored settings, so it reads the study's cached scores and
-    describes the same model; any other with the settings of the study's profile.
+    describes the same model; any other with the settings of the study's profile and
+    the checkpoints in `models` (`--model reward=/ckpt`).
     """
     from instructmining.indicators import profiles
     from instructmining.indicators.registry import registered
@@ -124,7 +127,8 @@ def added_indicators(study: Study, names: Sequence[str]) -> list[Any]:
             built.append(cls(**kwargs))
         else:
             profile = str(study.manifest.get("profile") or "") or None
-            built.extend(profiles.build(names=[name], profile=profile).indicators)
+            wanted = {k: v for k, v in (models or {}).items() if k == name}
+            built.extend(profiles.build(names=[name], profile=profile, models=wanted).indicators)
     return built
 
 
@@ -160,6 +164,7 @@ def fit_study(
     config: str | None = None,
     add_indicators: Sequence[str] = (),
     name: str | None = None,
+    models: Mapping[str, str] | None = None,
     **fit_options: Any,
 ) -> StudyFit:
     """Fit a rule on the study's results; write results.csv, rule.json and the report.
@@ -176,7 +181,13 @@ def fit_study(
     for stored in study.indicator_params:
         check_params(stored, source=study.path / "study.json", check_version=False)
     table = results_table(study, config)
-    extra = added_indicators(study, add_indicators)
+    unused = sorted(set(models or {}) - set(add_indicators))
+    if unused:
+        raise ParameterError(
+            f"--model {', '.join(unused)}: only an indicator of --add-indicators is scored "
+            "here (the study's own were scored by its plan)"
+        )
+    extra = added_indicators(study, add_indicators, models)
     params = {p["name"]: p for p in study.indicator_params}
     params.update({ind.name: ind.params() for ind in extra})
     columns = [c for c in params if c in table.columns or c in {i.name for i in extra}]

@@ -119,6 +119,15 @@ def test_study_fit_adds_indicators_scored_on_the_finished_candidates(tmp_path: P
         main, ["study", "fit", str(study_dir), "--add-indicators", "perplexity"]
     )
     assert again.exit_code == 2 and "one of the study's own indicators" in again.output
+    ckpt = tmp_path / "rm"  # passes the checkpoint check; never loaded
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    unused = CliRunner().invoke(
+        main,
+        ["study", "fit", str(study_dir), "--add-indicators", "log_perplexity",
+         "--model", f"reward={ckpt}"],
+    )  # fmt: skip
+    assert unused.exit_code == 2 and "--model reward: only an indicator of" in unused.output
     assert not (study_dir / "fit").exists()  # refused before anything was written
     result = CliRunner().invoke(
         main,
