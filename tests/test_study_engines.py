@@ -119,13 +119,10 @@ def test_study_fit_adds_indicators_scored_on_the_finished_candidates(tmp_path: P
         main, ["study", "fit", str(study_dir), "--add-indicators", "perplexity"]
     )
     assert again.exit_code == 2 and "one of the study's own indicators" in again.output
-    ckpt = tmp_path / "rm"  # passes the checkpoint check; never loaded
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text("{}")
-    unused = CliRunner().invoke(
+    unused = CliRunner().invoke(  # a hub id: checked by the loader, which never runs here
         main,
         ["study", "fit", str(study_dir), "--add-indicators", "log_perplexity",
-         "--model", f"reward={ckpt}"],
+         "--model", "reward=org/some-reward-model"],
     )  # fmt: skip
     assert unused.exit_code == 2 and "--model reward: only an indicator of" in unused.output
     assert not (study_dir / "fit").exists()  # refused before anything was written
