@@ -43,6 +43,13 @@ from instructmining.cli.options import (
     "rule-in-range, random, longest, top:IND, bottom:IND (IND: one of the study's "
     "indicators), kcenter or a plugin's, each optionally ending in +diverse:COS.",
 )
+@click.option(
+    "--by",
+    default=None,
+    metavar="FIELD",
+    help="A field of the pool's rows (e.g. dolly's category): table the share of each of "
+    "its values among every strategy's records.",
+)
 @training_options(seed=False)
 @model_option
 @map_option
@@ -58,6 +65,7 @@ def compare_command(
     models: dict[str, str],
     field_map: dict[str, str],
     quiet: bool,
+    by: str | None,
     **training: Any,
 ) -> None:
     """Finetune on K records of POOL chosen by each strategy; compare the losses.
@@ -114,6 +122,7 @@ def compare_command(
         models=models,
         progress=progress_enabled(quiet),
         on_result=report,
+        by=by,
     )
     click.echo(result.markdown())
     click.echo(f"written to {result.folder}")

@@ -129,6 +129,10 @@ class Comparison:
     #: the rule compared: its prediction for each strategy's subset means is tabled
     #: beside the measured loss (how far to trust the rule where it was used)
     rule: Rule | None = None
+    #: `--by FIELD`: per strategy, the share of each value of that source field among
+    #: its subsets' records (averaged over its runs), and the field's name
+    composition: dict[str, dict[str, float]] = field(default_factory=dict)
+    by: str = ""
 
     def _strategies(self) -> list[str]:
         return list(dict.fromkeys(self.runs["strategy"]))
@@ -268,6 +272,18 @@ class Comparison:
                     for c in columns
                 ]
                 lines.append("| *rule's fitted range* | " + " | ".join(cells) + " |")
+        if self.composition:
+            values = sorted({v for shares in self.composition.values() for v in shares})
+            lines += [
+                "",
+                f"Share of each `{self.by}` among a strategy's records (averaged over its runs):",
+                "",
+                "| strategy | " + " | ".join(values) + " |",
+                "|---|" + "---|" * len(values),
+            ]
+            for strategy, shares in self.composition.items():
+                cells = [f"{100 * shares.get(v, 0.0):.0f}%" for v in values]
+                lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
         for title, rows in (
             (f"seeds where it beats {BASELINE}", self.versus()),
             ("seeds where rule wins", self.paired()),
@@ -285,6 +301,47 @@ class Comparison:
                     f"{_interval(r['ci_low'], r['ci_high'], '+.4f')} | {r['wins']}/{r['pairs']} |"
                 )
         return "\n".join(lines) + "\n"
+
+
+def subset_file(folder: Path, run: str) -> Path:
+    """Where a run's record ids are kept (``top:ifd`` -> ``top_ifd``: a portable name)."""
+    return folder / "subsets" / f"{run.replace(':', '_')}.json"
+
+
+def _composition(
+    folder: Path,
+    records: Sequence[Record],
+    runs: Any,
+    by: str,
+    run_id: Callable[[str, int], str],
+) -> dict[str, dict[str, float]]:
+    """Per strategy: the share of each value of source field `by` over its runs' subsets."""
+    by_id = {r.id: r for r in records}
+    out: dict[str, dict[str, float]] = {}
+    for strategy, group in runs.groupby("strategy", sort=False):
+        subsets = [
+            json.loads(path.read_text(encoding="utf-8"))
+            for path in (
+                subset_file(folder, run_id(str(strategy), int(sd))) for sd in group["seed"]
+            )
+            if path.exists()  # a run finished before subsets were kept has none
+        ]
+        shares: dict[str, float] = {}
+        for ids in subsets:
+            for rid in ids:
+                value = str(by_id[rid].fields.get(by, "")) if rid in by_id else "?"
+                shares[value] = shares.get(value, 0.0) + 1.0 / (len(ids) * len(subsets))
+        out[str(strategy)] = dict(sorted(shares.items()))
+    return out
+
+
+def check_field(records: Sequence[Record], by: str) -> None:
+    """ParameterError unless the pool's source rows carry field `by` (checked before work)."""
+    if records and not any(by in r.fields for r in records):
+        raise ParameterError(
+            f"--by {by}: the pool's rows have no field {by!r} "
+            f"(they have: {', '.join(sorted(records[0].fields)) or 'none'})"
+        )
 
 
 def _interval(low: float, high: float, spec: str) -> str:
@@ -344,8 +401,13 @@ def compare_strategies(
     models: dict[str, str] | None = None,
     progress: bool = False,
     on_result: Callable[[str, int, dict[str, Any] | str], None] | None = None,
+    by: str | None = None,
 ) -> Comparison:
-    """Run (or resume) the comparison; results live in STUDY/compare/<fingerprint>/."""
+    """Run (or resume) the comparison; results live in STUDY/compare/<fingerprint>/.
+
+    `by`: a field of the pool's source rows (dolly's ``category``) whose make-up of
+    every strategy's subsets is tabled, read from the kept record ids of each run.
+    """
     from instructmining.indicators.engine import score
     from instructmining.indicators.registry import from_params
 
@@ -370,6 +432,8 @@ def compare_strategies(
         names = [ind.name for ind in indicators]
     kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
     records = kept["pool"]
+    if by:
+        check_field(records, by)
     if size > len(records):
         raise ParameterError(
             f"--size {size} exceeds the {len(records)} pool records left after removing "
@@ -432,8 +496,7 @@ def compare_strategies(
     (folder / "subsets").mkdir(exist_ok=True)
     for strategy, seed in todo:  # each run's record ids, in the strategy's order, for analysis
         subset = subsets[(strategy, seed if strategy in seeded else 0)]
-        name = run_id(strategy, seed).replace(":", "_")  # top:ifd -> top_ifd: a portable name
-        write_json([r.id for r in subset], folder / "subsets" / f"{name}.json")
+        write_json([r.id for r in subset], subset_file(folder, run_id(strategy, seed)))
     for strategy, seed in todo:
         pick = (strategy, seed if strategy in seeded else 0)
         subset = subsets[pick]
@@ -474,7 +537,18 @@ def compare_strategies(
         )
     order = runs["strategy"].map({n: i for i, n in enumerate(strategies)})
     runs = runs.assign(_order=order).sort_values(["_order", "seed"]).drop(columns="_order")
-    result = Comparison(runs.reset_index(drop=True), folder, names, dict(rule.ranges), rule)
+    composition = (
+        _composition(folder, records, runs, by, lambda st, sd: run_id(st, sd)) if by else {}
+    )
+    result = Comparison(
+        runs.reset_index(drop=True),
+        folder,
+        names,
+        dict(rule.ranges),
+        rule,
+        composition=composition,
+        by=by or "",
+    )
     write_rows(result.runs, folder / "runs.csv", overwrite=True)
     with atomic_path(folder / "summary.md") as tmp:
         tmp.write_text(result.markdown(), encoding="utf-8")
@@ -493,6 +567,7 @@ def compare_strategies(
             "rule_ranges": result.ranges,
             "paired_vs_random": result.versus(),
             "paired": result.paired(),
+            **({"composition_by": by, "composition": composition} if by else {}),
         },
         folder / "summary.json",
     )

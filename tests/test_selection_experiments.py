@@ -440,3 +440,52 @@ def test_compare_reports_a_rule_feature_outside_the_plan(study_dir, monkeypatch,
         "| strategy | input_length | output_length | mtld |"
         in (result.folder / "summary.md").read_text()
     )
+
+
+def test_compare_tables_the_make_up_of_each_strategys_subsets(
+    study_dir, monkeypatch, tiny_causal_lm
+):
+    from instructmining.errors import ParameterError
+
+    rows = alpaca_rows(40, offset=100)
+    pool = [
+        make_record(
+            r["instruction"],
+            r["input"],
+            r["output"],
+            category="long" if len(r["output"].split()) > 12 else "short",
+        )
+        for r in rows
+    ]
+    settings = runner.settings_for(str(tiny_causal_lm), **SMALL)
+    stub = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", stub)
+    with pytest.raises(ParameterError, match="--by genre: the pool's rows have no field"):
+        compare_strategies(study_dir, pool, RULE, size=8, seeds=2, settings=settings, by="genre")
+    assert stub.subsets == []  # refused before any training
+    result = compare_strategies(
+        study_dir,
+        pool,
+        RULE,
+        size=8,
+        seeds=2,
+        settings=settings,
+        strategies=["longest", "random"],
+        by="category",
+    )
+    by_run = {
+        (s, seed): stub.subsets[2 * seed + i]
+        for seed in (0, 1)
+        for i, s in enumerate(["longest", "random"])
+    }
+    for strategy in ("longest", "random"):
+        want: dict[str, float] = {}
+        for seed in (0, 1):
+            for r in by_run[(strategy, seed)]:
+                cat = r.fields["category"]
+                want[cat] = want.get(cat, 0.0) + 1 / 16
+        assert result.composition[strategy] == pytest.approx(want)
+        assert sum(result.composition[strategy].values()) == pytest.approx(1.0)
+    summary = (result.folder / "summary.md").read_text()
+    assert "Share of each `category` among a strategy's records" in summary
+    assert "| strategy | long | short |" in summary

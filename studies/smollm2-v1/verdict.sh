@@ -22,4 +22,4 @@ fi
 cmp -s fit/rule.json ../../regression/rules/smollm2-v1.json || {
   mkdir -p ../../regression/rules && cp fit/rule.json ../../regression/rules/smollm2-v1.json; }
 $IM study compare . --pool $D/pools/dolly_3k.json --rule fit/rule.json --size 256 --seeds 5 \
-    --strategies rule,rule-in-range,random,longest,top:ifd --base-model $BASE $TRAIN
+    --strategies rule,rule-in-range,random,longest,top:ifd --by category --base-model $BASE $TRAIN
