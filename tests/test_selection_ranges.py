@@ -358,7 +358,7 @@ def _own_knn6(records, rows):
     return float(np.nanmean(score([records[i] for i in rows], [create("knn6")])["knn6"]))
 
 
-def test_a_set_level_indicator_is_checked_and_kept_in_range_by_its_own_value():
+def test_a_set_level_indicator_is_checked_and_kept_in_range_by_its_own_value(tmp_path):
     # knn6 (offline: TF-IDF + SVD fitted on the set scored) of a subset among itself is
     # not the mean of its records' values among the whole pool; the fitted range holds
     # candidates' own values, so selection must compare those
@@ -390,3 +390,16 @@ def test_a_set_level_indicator_is_checked_and_kept_in_range_by_its_own_value():
     assert low <= own <= high and kept.range_check["knn6"]["inside"] is True
     # bounds applied to the pool column instead would have judged another subset
     assert not low <= column[kept.indices].mean() <= high
+    # the command line prints the subset's own value beside the pool-column means
+    data = write_pool(tmp_path / "pool.jsonl", records)
+    rule_path = rule.save(tmp_path / "rule.json")
+    out = tmp_path / "sub.jsonl"
+    args = ["select", str(data), "--rule", str(rule_path), "-k", "20", "-o", str(out)]
+    result = CliRunner().invoke(main, [*args, "--no-cache"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.strip().startswith("knn6"))
+    assert f"within the subset {check['subset_mean']:.4g}" in line
+    meta = json.loads((tmp_path / "sub.jsonl.selection.json").read_text())
+    assert meta["range_check"]["knn6"]["pool_column_mean"] == pytest.approx(
+        check["pool_column_mean"]
+    )
