@@ -79,7 +79,7 @@ def compare_command(
     overlapping it are removed), base model and score cache; results go to
     STUDY_DIR/compare/<fingerprint>/ (runs.csv, summary.md, summary.json) with
     each subset's mean of every study indicator and paired differences against
-    random; a killed comparison resumes where it stopped.
+    random, rewritten after every run; a killed comparison resumes where it stopped.
 
     \b
     Example:

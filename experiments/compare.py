@@ -133,6 +133,8 @@ class Comparison:
     #: its subsets' records (averaged over its runs), and the field's name
     composition: dict[str, dict[str, float]] = field(default_factory=dict)
     by: str = ""
+    #: runs the comparison asked for (strategies x seeds); fewer done: a partial summary
+    planned: int = 0
 
     def _strategies(self) -> list[str]:
         return list(dict.fromkeys(self.runs["strategy"]))
@@ -240,7 +242,14 @@ class Comparison:
         rows = self.per_strategy()
         predicts = any("predicted_loss" in r for r in rows)
         extra = " rule's prediction |" if predicts else ""
-        lines = [
+        lines = []
+        if self.planned > len(self.runs):
+            lines += [
+                f"**Partial**: {len(self.runs)} of {self.planned} runs finished; the same "
+                "`study compare` command resumes the rest.",
+                "",
+            ]
+        lines += [
             "| strategy | runs | mean eval loss | 95% interval |" + extra,
             "|---|---|---|---|" + ("---|" if predicts else ""),
         ]
@@ -497,6 +506,64 @@ def compare_strategies(
     for strategy, seed in todo:  # each run's record ids, in the strategy's order, for analysis
         subset = subsets[(strategy, seed if strategy in seeded else 0)]
         write_json([r.id for r in subset], subset_file(folder, run_id(strategy, seed)))
+    wanted = {run_id(s, seed) for s in strategies for seed in range(seeds)}
+
+    def summarise() -> Comparison | None:
+        """Rewrite runs.csv and the summary from every finished run (None: none yet).
+
+        Called after each run, so a comparison that is stopped, or still running,
+        always has a summary of what it holds; it says how many runs it covers.
+        """
+        entries = store.entries()
+        done = sorted(
+            (e for rid, e in entries.items() if rid in wanted and e.status == "done" and e.row),
+            key=lambda e: e.finished,
+        )
+        if not done:
+            return None
+        import pandas as pd
+
+        runs = pd.DataFrame.from_records([e.row for e in done if e.row is not None])
+        order = runs["strategy"].map({n: i for i, n in enumerate(strategies)})
+        runs = runs.assign(_order=order).sort_values(["_order", "seed"]).drop(columns="_order")
+        composition = _composition(folder, records, runs, by, run_id) if by else {}
+        result = Comparison(
+            runs.reset_index(drop=True),
+            folder,
+            names,
+            dict(rule.ranges),
+            rule,
+            composition=composition,
+            by=by or "",
+            planned=len(wanted),
+        )
+        write_rows(result.runs, folder / "runs.csv", overwrite=True)
+        with atomic_path(folder / "summary.md") as tmp:
+            tmp.write_text(result.markdown(), encoding="utf-8")
+        write_json(
+            {
+                "pool": len(records),
+                "removed_eval_overlap": removed["pool"],
+                "size": size,
+                "seeds": seeds,
+                "strategies": strategies,
+                "runs_planned": len(wanted),
+                "runs_done": len(result.runs),
+                "complete": len(result.runs) == len(wanted),
+                "rule": rule.name,
+                "base_model": settings.base_model,
+                "indicators": names,
+                "per_strategy": result.per_strategy(),
+                "subset_means": result.subset_means(),
+                "rule_ranges": result.ranges,
+                "paired_vs_random": result.versus(),
+                "paired": result.paired(),
+                **({"composition_by": by, "composition": composition} if by else {}),
+            },
+            folder / "summary.json",
+        )
+        return result
+
     for strategy, seed in todo:
         pick = (strategy, seed if strategy in seeded else 0)
         subset = subsets[pick]
@@ -520,55 +587,12 @@ def compare_strategies(
             **{f"subset_mean_{name}": value for name, value in means[pick].items()},
         }
         store.record_done(rid, row)
+        summarise()
         if on_result:
             on_result(strategy, seed, row)
-    wanted = {run_id(s, seed) for s in strategies for seed in range(seeds)}
-    entries = store.entries()
-    done = sorted(
-        (e for rid, e in entries.items() if rid in wanted and e.status == "done" and e.row),
-        key=lambda e: e.finished,
-    )
-    import pandas as pd
-
-    runs = pd.DataFrame.from_records([e.row for e in done if e.row is not None])
-    if runs.empty:
+    result = summarise()
+    if result is None:
         raise InstructMiningError(
             f"no run of the comparison finished; see {folder / 'runs.sqlite'}"
         )
-    order = runs["strategy"].map({n: i for i, n in enumerate(strategies)})
-    runs = runs.assign(_order=order).sort_values(["_order", "seed"]).drop(columns="_order")
-    composition = (
-        _composition(folder, records, runs, by, lambda st, sd: run_id(st, sd)) if by else {}
-    )
-    result = Comparison(
-        runs.reset_index(drop=True),
-        folder,
-        names,
-        dict(rule.ranges),
-        rule,
-        composition=composition,
-        by=by or "",
-    )
-    write_rows(result.runs, folder / "runs.csv", overwrite=True)
-    with atomic_path(folder / "summary.md") as tmp:
-        tmp.write_text(result.markdown(), encoding="utf-8")
-    write_json(
-        {
-            "pool": len(records),
-            "removed_eval_overlap": removed["pool"],
-            "size": size,
-            "seeds": seeds,
-            "strategies": strategies,
-            "rule": rule.name,
-            "base_model": settings.base_model,
-            "indicators": names,
-            "per_strategy": result.per_strategy(),
-            "subset_means": result.subset_means(),
-            "rule_ranges": result.ranges,
-            "paired_vs_random": result.versus(),
-            "paired": result.paired(),
-            **({"composition_by": by, "composition": composition} if by else {}),
-        },
-        folder / "summary.json",
-    )
     return result

@@ -328,6 +328,12 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
         compare_strategies(
             study_dir, pool, RANGED_RULE, size=8, seeds=2, settings=settings, strategies=more
         )
+    # the summary is rewritten after every run: the stopped comparison's says what it holds
+    partial = (result.folder / "summary.md").read_text()
+    assert partial.startswith(f"**Partial**: {2 * len(more) - 1} of {2 * len(more)} runs")
+    assert "| top:input_length | 1 |" in partial
+    doc = json.loads((result.folder / "summary.json").read_text())
+    assert (doc["runs_done"], doc["runs_planned"], doc["complete"]) == (11, 12, False)
 
     def no_scoring(self, records):
         raise AssertionError("a cached score was computed again")
@@ -341,6 +347,8 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     )
     assert len(resumed.subsets) == 1  # the second seed of top:input_length
     assert len(again.runs) == 2 * len(more)
+    assert "Partial" not in (result.folder / "summary.md").read_text()
+    assert json.loads((result.folder / "summary.json").read_text())["complete"] is True
 
 
 def test_cli_compare_rejects_unknown_strategies(study_dir, tmp_path):
