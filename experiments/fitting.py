@@ -119,15 +119,24 @@ def added_indicators(
             raise ParameterError(
                 f"--add-indicators: no indicator {name!r}; registered: {', '.join(sorted(classes))}"
             )
-        parents = [getattr(p, "name", None) for p in cls.__mro__[1:] if p in classes.values()]
-        parent = next((p for p in parents if p in stored), None)
+        profile = str(study.manifest.get("profile") or "") or None
+        wanted = {k: v for k, v in (models or {}).items() if k == name}
+        # the indicator's own hook says what it transforms; unchecked: nothing loads here
+        (probe,) = profiles.build(
+            names=[name], profile=profile, models=wanted, check_models=False
+        ).indicators
+        base = probe.derived_from()
+        parent = base.name if base is not None and base.name in stored else None
         if parent is not None:
+            if wanted:
+                raise ParameterError(
+                    f"--model {name}: {name} is computed from the study's {parent} and "
+                    f"uses its model; drop --model {name}"
+                )
             settings = {k: v for k, v in stored[parent].items() if k != "fingerprints"}
             _, kwargs = check_params({**settings, "name": name}, source=study.path / "study.json")
             built.append(cls(**kwargs))
         else:
-            profile = str(study.manifest.get("profile") or "") or None
-            wanted = {k: v for k, v in (models or {}).items() if k == name}
             built.extend(profiles.build(names=[name], profile=profile, models=wanted).indicators)
     return built
 

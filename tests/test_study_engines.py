@@ -81,7 +81,9 @@ def test_study_fit_writes_a_rule_from_the_results(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
-def test_study_fit_adds_indicators_scored_on_the_finished_candidates(tmp_path: Path) -> None:
+def test_study_fit_adds_indicators_scored_on_the_finished_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("statsmodels")
     from instructmining.indicators.engine import score_records
 
@@ -152,6 +154,35 @@ def test_study_fit_adds_indicators_scored_on_the_finished_candidates(tmp_path: P
     assert {k: v for k, v in derived.params().items() if k != "name"} == {
         k: v for k, v in stored.items() if k not in ("name", "fingerprints")
     }
+
+    # a plugin that derives from perplexity through the hook, without subclassing it,
+    # gets the study's perplexity settings too; a --model for it is refused
+    from instructmining.errors import ParameterError
+    from instructmining.indicators import registry
+    from instructmining.indicators.base import Indicator
+    from instructmining.indicators.perplexity import Perplexity
+
+    class Surprisal(Indicator):
+        name = "surprisal_bits_test"
+
+        def __init__(self, **settings: Any) -> None:
+            for key, value in settings.items():
+                setattr(self, key, value)
+
+        def derived_from(self) -> Indicator:
+            return Perplexity(**self.settings())
+
+        def derive(self, values: np.ndarray) -> np.ndarray:
+            return np.log2(values)
+
+        def score(self, records: Any) -> np.ndarray:
+            return self.derive(self.derived_from().score(records))
+
+    monkeypatch.setitem(registry._REGISTRY, Surprisal.name, Surprisal)
+    (plugin,) = added_indicators(study, [Surprisal.name])
+    assert plugin.derived_from().params() == derived.derived_from().params()
+    with pytest.raises(ParameterError, match="computed from the study's perplexity"):
+        added_indicators(study, [Surprisal.name], {Surprisal.name: "org/other-model"})
 
 
 def test_study_fit_needs_results(tmp_path: Path) -> None:
