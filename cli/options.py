@@ -201,14 +201,25 @@ def check_checkpoint(spec: str, option: str) -> None:
 def _parse_models(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> dict[str, str]:
+    """--model callback: NAME=CHECKPOINT pairs, NAME a model key, every checkpoint checked."""
+    from instructmining.indicators.profiles import expand_models, model_keys
+
     out: dict[str, str] = {}
     for item in value:
         key, sep, path = item.partition("=")
-        if not sep or not key.strip() or not path.strip():
+        key, path = key.strip(), path.strip()
+        if not sep or not key or not path:
             raise click.BadParameter(
-                f"{item!r} is not NAME=CHECKPOINT (e.g. --model reward=/models/rm)", ctx, param
+                f"{item!r} is not NAME=CHECKPOINT (e.g. --model reward=/models/rm), "
+                f"NAME one of {', '.join(model_keys())}",
+                ctx,
+                param,
             )
-        out[key.strip()] = path.strip()
+        out[key] = path
+    try:
+        expand_models(out)
+    except KeyError as exc:
+        raise click.BadParameter(str(exc.args[0]), ctx, param) from None
     for key, path in out.items():  # every checkpoint checked before any work
         check_checkpoint(path, f"--model {key}={path}")
     return out

@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from instructmining.cli.options import (
-    check_checkpoint,
     engine_options,
     make_executor,
     map_option,
+    model_option,
     on_error_option,
     overwrite_option,
     quiet_option,
@@ -99,29 +99,6 @@ def _split_names(ctx: click.Context, param: click.Parameter, value: str | None) 
     return names
 
 
-def _parse_models(
-    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-) -> dict[str, str]:
-    from instructmining.indicators.profiles import expand_models, model_keys
-
-    out: dict[str, str] = {}
-    for spec in value:
-        key, sep, path = spec.partition("=")
-        key, path = key.strip(), path.strip()
-        if not sep or not key or not path:
-            raise click.BadParameter(
-                f"{spec!r}: expected KEY=PATH with KEY one of {', '.join(model_keys())}", ctx, param
-            )
-        out[key] = path
-    try:
-        expand_models(out)
-    except KeyError as exc:
-        raise click.BadParameter(str(exc.args[0]), ctx, param) from None
-    for key, path in out.items():  # every checkpoint checked before any indicator runs
-        check_checkpoint(path, f"--model {key}={path}")
-    return out
-
-
 def _parse_settings(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> dict[str, dict[str, Any]]:
@@ -159,15 +136,7 @@ def _parse_settings(
     help="offline (default): every indicator that needs no downloaded weights; "
     "paper: the paper's nine indicators and checkpoints.",
 )
-@click.option(
-    "--model",
-    "models",
-    multiple=True,
-    callback=_parse_models,
-    metavar="KEY=PATH",
-    help="Checkpoint (local path or hub id) for one indicator, e.g. --model reward=/ckpt; "
-    "'unieval' sets naturalness, coherence and understandability; repeatable.",
-)
+@model_option
 @click.option(
     "--set",
     "settings",

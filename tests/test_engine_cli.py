@@ -86,7 +86,7 @@ def test_cache_options(data, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "reward"], "expected KEY=PATH"),
+        (["--model", "reward"], "is not NAME=CHECKPOINT"),
         (["--model", "bogus=/x"], "unknown key; choose from"),
         (["--device", "tpu"], "use auto, cpu or cuda"),
         (["--profile", "fast"], "'fast' is not one of"),
@@ -96,6 +96,12 @@ def test_cache_options(data, tmp_path):
 def test_option_errors_are_usage_errors(data, tmp_path, args, message):
     result = run("score", data, "-o", tmp_path / "s.jsonl", *args)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_every_command_checks_model_keys_the_same_way(data, tmp_path):
+    # select and generate share score's --model parsing: an unknown key stops them too
+    result = run("select", data, "--rule", "paper-v1", "-k", "2", "--model", "bogus=/x")
+    assert result.exit_code == 2 and "unknown key; choose from" in result.output
 
 
 def test_paper_profile_without_checkpoints_fails_fast(data, tmp_path, monkeypatch):
