@@ -182,6 +182,31 @@ class Comparison:
             for r in rows
         }
 
+    def attribution(self, baseline: str = BASELINE) -> list[dict[str, Any]]:
+        """Per strategy: what moves the rule's prediction away from `baseline`'s, by indicator.
+
+        For each rule feature, coefficient x (strategy's subset mean - baseline's), on
+        the rule's target scale (log loss for a log target), and their sum: which
+        indicator drove the rule's choice, and by how much it expected to gain. Empty
+        without a rule with features, the baseline or the features' subset means.
+        """
+        if self.rule is None or not self.rule.features:
+            return []
+        rows = {str(r["strategy"]): r for r in self.subset_means()}
+        base = rows.get(baseline)
+        if base is None or any(f not in base for f in self.rule.features):
+            return []
+        out = []
+        for strategy, row in rows.items():
+            if strategy == baseline:
+                continue
+            parts = {
+                f: self.rule.coefficients[f] * (float(row[f]) - float(base[f]))
+                for f in self.rule.features
+            }
+            out.append({"strategy": strategy, **parts, "total": sum(parts.values())})
+        return out
+
     def subset_means(self) -> list[dict[str, Any]]:
         """Per strategy: the mean over its runs of each indicator's subset mean."""
         columns = self.mean_columns()
@@ -281,6 +306,25 @@ class Comparison:
                     for c in columns
                 ]
                 lines.append("| *rule's fitted range* | " + " | ".join(cells) + " |")
+        moved = self.attribution()
+        if moved:
+            features = list(self.rule.features) if self.rule else []
+            scale = (
+                "log eval loss"
+                if self.rule and self.rule.target_transform == "log"
+                else "eval loss"
+            )
+            lines += [
+                "",
+                f"What moves the rule's prediction against {BASELINE} ({scale}; coefficient x "
+                f"difference of subset means; negative: the rule expects a lower loss):",
+                "",
+                "| strategy | " + " | ".join(features) + " | total |",
+                "|---|" + "---|" * (len(features) + 1),
+            ]
+            for r in moved:
+                cells = [f"{r[f]:+.4f}" for f in [*features, "total"]]
+                lines.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
         if self.composition:
             values = sorted({v for shares in self.composition.values() for v in shares})
             lines += [
@@ -556,6 +600,7 @@ def compare_strategies(
                 "per_strategy": result.per_strategy(),
                 "subset_means": result.subset_means(),
                 "rule_ranges": result.ranges,
+                "rule_attribution_vs_random": result.attribution(),
                 "paired_vs_random": result.versus(),
                 "paired": result.paired(),
                 **({"composition_by": by, "composition": composition} if by else {}),

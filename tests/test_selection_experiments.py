@@ -313,9 +313,18 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
         want = math.exp(0.3 - 0.02 * averaged[s])
         assert by_strategy[s]["predicted_loss"] == pytest.approx(want)
     assert f"| {by_strategy['rule']['predicted_loss']:.4f} |" in summary
+    # which indicator moved the rule's prediction against random, and by how much
+    moved = {r["strategy"]: r for r in result.attribution()}
+    assert set(moved) == set(strategies) - {"random"}
+    gap = averaged["top:output_length"] - averaged["random"]
+    assert moved["top:output_length"]["output_length"] == pytest.approx(-0.02 * gap)
+    assert moved["top:output_length"]["total"] == pytest.approx(-0.02 * gap)
+    assert "What moves the rule's prediction against random (log eval loss" in summary
+    assert f"| top:output_length | {-0.02 * gap:+.4f} | {-0.02 * gap:+.4f} |" in summary
     doc = json.loads((result.folder / "summary.json").read_text())
     assert [r["strategy"] for r in doc["subset_means"]] == strategies
     assert doc["paired_vs_random"][0]["difference"] == "rule - random"
+    assert doc["rule_attribution_vs_random"][0]["strategy"] == "rule"
 
     # a strategy added later runs alone (the others are shared), and a kill during it
     # resumes: finished runs are skipped, no score is computed again
