@@ -332,7 +332,8 @@ def baseline_command(study_dir: Path, base_model: str, force: bool, **options: A
     help="Training configuration to show (default: the one with the most finished candidates).",
 )
 def status_command(study_dir: Path, verbose: bool, config: str | None) -> None:
-    """Show done / pending / failed candidates with their timings."""
+    """Show done / pending / failed candidates with their timings, and each comparison's progress."""
+    from instructmining.experiments.compare import comparison_progress
     from instructmining.experiments.fitting import main_config
     from instructmining.experiments.store import ResultsStore
     from instructmining.experiments.study import Study
@@ -379,6 +380,25 @@ def status_command(study_dir: Path, verbose: bool, config: str | None) -> None:
         losses = [e.row["eval_loss"] for e in done if e.row and "eval_loss" in e.row]
         spread = f"; candidates {min(losses):.4f} to {max(losses):.4f}" if losses else ""
         click.echo(f"  baseline eval_loss {base['eval_loss']:.4f} before finetuning{spread}")
+    for c in comparison_progress(study.path):
+        line = f"  compare {c['folder'].name}: {c['done']}"
+        if c["planned"]:
+            line += (
+                f" of {c['planned']} runs done ({', '.join(c['strategies'])}; {c['seeds']} seeds)"
+            )
+        else:
+            line += " runs done"
+        if c["failed"]:
+            line += f", {c['failed']} failed"
+        left = (c["planned"] or 0) - c["done"]
+        if left > 0 and c["typical_s"]:
+            line += (
+                f"; about {left * c['typical_s'] / 3600:.1f} h left at the median "
+                f"{c['typical_s']:.0f} s of the last runs"
+            )
+        click.echo(line)
+        if c["summary"] is not None:
+            click.echo(f"    tables: {c['summary']}")
     if verbose:
         for cid in ids:
             e = entries.get(cid)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -614,6 +616,7 @@ def compare_strategies(
         subset = subsets[pick]
         rid = run_id(strategy, seed)
         run_settings = replace(settings, train=replace(settings.train, seed=seed))
+        started = time.perf_counter()
         try:
             row = train_and_evaluate(
                 base, subset, study.eval_records, run_settings, progress=progress
@@ -624,6 +627,7 @@ def compare_strategies(
                 on_result(strategy, seed, describe_error(exc))
             continue
         row |= {
+            "wall_s": time.perf_counter() - started,
             "strategy": strategy,
             "rule_digest": rule_digest if parse(strategy).uses_rule else "",
             "seed": seed,
@@ -641,3 +645,33 @@ def compare_strategies(
             f"no run of the comparison finished; see {folder / 'runs.sqlite'}"
         )
     return result
+
+
+def comparison_progress(study_path: str | Path) -> list[dict[str, Any]]:
+    """Where each comparison of a study stands (`study status`), read from its folder.
+
+    Per folder: runs done and planned by the last `study compare` there (its
+    summary.json), failed runs, the median time of the last five runs, and the
+    summary's path; a folder whose first run has not finished has no plan yet.
+    """
+    study = Study(study_path)
+    out = []
+    for folder in sorted(p for p in (study.path / "compare").glob("*") if p.is_dir()):
+        entries = ResultsStore(folder / "runs.sqlite").entries()
+        done = sorted((e for e in entries.values() if e.status == "done"), key=lambda e: e.finished)
+        summary = folder / "summary.json"
+        plan = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}
+        walls = [e.wall_s for e in done[-5:] if e.wall_s is not None]
+        out.append(
+            {
+                "folder": folder,
+                "done": int(plan.get("runs_done", len(done))),
+                "planned": plan.get("runs_planned"),
+                "failed": sum(e.status == "failed" for e in entries.values()),
+                "strategies": list(plan.get("strategies", [])),
+                "seeds": plan.get("seeds"),
+                "typical_s": statistics.median(walls) if walls else None,
+                "summary": folder / "summary.md" if summary.exists() else None,
+            }
+        )
+    return out

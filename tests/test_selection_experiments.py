@@ -343,6 +343,18 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     assert "| top:input_length | 1 |" in partial
     doc = json.loads((result.folder / "summary.json").read_text())
     assert (doc["runs_done"], doc["runs_planned"], doc["complete"]) == (11, 12, False)
+    # study status tells where the comparison stands
+    from click.testing import CliRunner
+
+    from instructmining.cli.app import main
+
+    status = CliRunner().invoke(main, ["study", "status", str(study_dir)])
+    assert status.exit_code == 0, status.output
+    assert (
+        f"compare {result.folder.name}: 11 of 12 runs done ({', '.join(more)}; 2 seeds); "
+        "about 0.0 h left" in status.output
+    )
+    assert f"tables: {result.folder / 'summary.md'}" in status.output
 
     def no_scoring(self, records):
         raise AssertionError("a cached score was computed again")
