@@ -286,6 +286,23 @@ class Rule:
         if shown:
             lines.append("")
             lines.append("  ".join(f"{k}={_fmt(v)}" for k, v in shown))
+        if stats.get("loo_rmse") is not None and stats.get("baseline_loo_rmse") is not None:
+            # the honest yardstick: does the rule predict held-out datasets better than
+            # their mean loss does?
+            folds = stats.get("cv_folds")
+            parts = [f"leave-one-out {_fmt(stats['loo_rmse'])}"]
+            if stats.get("kfold_rmse") is not None and folds:
+                parts.append(f"{folds}-fold {_fmt(stats['kfold_rmse'])}")
+            if stats.get("kfold_selection_rmse") is not None and folds:
+                parts.append(
+                    f"{folds}-fold with the selection repeated "
+                    f"{_fmt(stats['kfold_selection_rmse'])}"
+                )
+            scale = "log loss" if self.target_transform == "log" else "loss"
+            lines.append(
+                f"Cross-validated RMSE of the {scale}: {', '.join(parts)}; "
+                f"intercept only (leave-one-out) {_fmt(stats['baseline_loo_rmse'])}"
+            )
         lines.append("")
         lines.append("Indicators:")
         for name in self.features:

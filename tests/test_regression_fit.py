@@ -283,6 +283,15 @@ def test_report_summary_and_html(tmp_path):
     summary = result.summary()
     assert "Selection path" in summary and "leave-one-out" in summary
     assert "<pre>" in result._repr_html_()
+    # the rule's own card (rule show) sets its cross-validated error against intercept only
+    stats = result.rule.statistics
+    card = result.rule.summary()
+    assert (
+        f"Cross-validated RMSE of the log loss: leave-one-out {stats['loo_rmse']:.4g}, "
+        f"5-fold {stats['kfold_rmse']:.4g}, 5-fold with the selection repeated "
+        f"{stats['kfold_selection_rmse']:.4g}; intercept only (leave-one-out) "
+        f"{stats['baseline_loo_rmse']:.4g}"
+    ) in card
 
 
 def test_no_warning_for_a_clean_table():
