@@ -262,6 +262,33 @@ def model_option(f: Any) -> Any:
     )(f)
 
 
+def _parse_settings(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    """--set callback: IND.KEY=VALUE pairs, typed and checked as stored settings are."""
+    from instructmining.errors import ParameterError
+    from instructmining.indicators.spec import parse_settings
+
+    try:
+        return parse_settings(values)
+    except ParameterError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def settings_option(f: Any) -> Any:
+    """--set IND.KEY=VALUE (repeatable): one indicator's own setting."""
+    return click.option(
+        "--set",
+        "settings",
+        multiple=True,
+        callback=_parse_settings,
+        metavar="IND.KEY=VALUE",
+        help="One indicator's own setting, e.g. --set knn6.k=10 --set knn6.index=hnsw "
+        "--set perplexity.template=plain (`instructmining indicators -v` lists them); "
+        "repeatable.",
+    )(f)
+
+
 def _train_defaults(name: str) -> str:
     """`name`'s default for a real base and for `tiny`, for the help texts."""
     from instructmining.experiments.defaults import REAL_DEFAULTS, TINY_DEFAULTS

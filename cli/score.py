@@ -15,6 +15,7 @@ from instructmining.cli.options import (
     on_error_option,
     overwrite_option,
     quiet_option,
+    settings_option,
 )
 
 
@@ -99,18 +100,6 @@ def _split_names(ctx: click.Context, param: click.Parameter, value: str | None) 
     return names
 
 
-def _parse_settings(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, dict[str, Any]]:
-    from instructmining.errors import ParameterError
-    from instructmining.indicators.spec import parse_settings
-
-    try:
-        return parse_settings(values)
-    except ParameterError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
 @click.command("score")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option(
@@ -137,15 +126,7 @@ def _parse_settings(
     "paper: the paper's nine indicators and checkpoints.",
 )
 @model_option
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    callback=_parse_settings,
-    metavar="IND.KEY=VALUE",
-    help="One indicator's own setting, e.g. --set knn6.k=10 --set knn6.index=hnsw "
-    "--set perplexity.template=plain (`instructmining indicators -v` lists them); repeatable.",
-)
+@settings_option
 @click.option(
     "--device",
     default=None,

@@ -14,6 +14,7 @@ from instructmining.cli.options import (
     overwrite_option,
     quiet_option,
     run_settings,
+    settings_option,
     training_options,
 )
 
@@ -133,8 +134,10 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     callback=_names,
     default=None,
     metavar="NAMES",
-    help="Indicators scored for every candidate (default: the offline profile).",
+    help="Indicators scored for every candidate (default: every indicator of --profile).",
 )
+@model_option
+@settings_option
 @click.option(
     "-o",
     "--output",
@@ -158,6 +161,8 @@ def plan_command(
     profile: str | None,
     seed: int,
     indicators: list[str] | None,
+    models: dict[str, str],
+    settings: dict[str, dict[str, Any]],
     out_dir: Path,
     overwrite: bool,
     quiet: bool,
@@ -194,6 +199,8 @@ def plan_command(
         profile=profile,
         seed=seed,
         indicators=indicators,
+        models=models or None,
+        settings=settings or None,
         overwrite=overwrite,
         progress=progress_enabled(quiet),
     )

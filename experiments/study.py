@@ -167,6 +167,8 @@ def create_study(
     source_maps: Mapping[str, str] | None = None,
     bin_sample: int | None = None,
     exclude_eval: Sequence[str | Path] = (),
+    models: Mapping[str, str] | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> PlanReport:
@@ -178,7 +180,9 @@ def create_study(
     are cut over the whole pool, or over a seeded random sample of `bin_sample`
     pool records (model-backed indicators on a CPU), candidates drawn from it.
     `exclude_eval` names evaluation files whose overlapping source records (any
-    kind `instructmining check` finds) are dropped too.
+    kind `instructmining check` finds) are dropped too. `models` (`--model NAME=CKPT`)
+    and `settings` (`--set IND.KEY=VALUE`) configure the indicators; both end up in
+    the manifest's stored settings, so every run scores as planned.
     """
     from instructmining.experiments import plan
     from instructmining.experiments.evalset import build_eval_set
@@ -212,16 +216,30 @@ def create_study(
             "D_eval overlap and duplicates; lower --size or add sources"
         )
 
-    profile_plan = build(profile, names=list(indicators) if indicators else None)
+    own = {k: dict(v) for k, v in (settings or {}).items()}
+    profile_plan = build(
+        profile, names=list(indicators) if indicators else None, models=models, settings=own
+    )
     built = profile_plan.indicators
+    by_name = {ind.name: ind for ind in built}
+    extra = [n for n in univariate if n not in by_name]
+    if extra:  # binned on, not scored for every candidate
+        by_name |= {
+            i.name: i
+            for i in build(
+                profile_plan.profile, names=extra, models=models, settings=own
+            ).indicators
+        }
+    unused = sorted(set(own) - set(by_name))
+    if unused:
+        raise ParameterError(
+            f"--set {', '.join(unused)}.*: not among the study's indicators "
+            f"({', '.join(by_name)}); add it with --indicators or --univariate"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "candidates").mkdir(exist_ok=True)
     candidates = plan.mixture_candidates(ids_by_source, n=n_mixtures, size=size, seed=seed)
     if univariate:
-        by_name = {ind.name: ind for ind in built}
-        extra = [n for n in univariate if n not in by_name]
-        if extra:
-            by_name |= {i.name: i for i in build(profile_plan.profile, names=extra).indicators}
         binned = pool
         if bin_sample is not None and bin_sample < len(pool):
             import numpy as np

@@ -203,6 +203,35 @@ def test_study_plan_command(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "NAME=PATH" in bad.output
 
 
+def test_study_plan_sets_indicator_settings_and_checkpoints(tmp_path: Path) -> None:
+    sources = write_sources(tmp_path / "src")
+    evals = write_eval(tmp_path / "eval")
+    args = ["study", "plan", "--n-mixtures", "2", "--size", "10", "--seed", "0", "-q"]
+    args += [a for name, p in sources.items() for a in ("--source", f"{name}={p}")]
+    args += [a for p in evals for a in ("--eval", str(p))]
+    args += ["--profile", "lite", "-i", "mtld,perplexity"]
+    result = CliRunner().invoke(
+        main,
+        [*args, "--set", "mtld.threshold=0.8", "--model", "perplexity=ngram", "-o", str(tmp_path / "st")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = {p["name"]: p for p in Study(tmp_path / "st").indicator_params}
+    assert stored["mtld"]["threshold"] == 0.8  # in the manifest: every run scores with it
+    assert stored["perplexity"]["backend"] == "ngram"
+    # a setting for an indicator the study does not score, or a bad value, stops it first
+    for extra, message in (
+        (
+            ["--set", "knn6.k=3"],
+            "--set knn6.*: not among the study's indicators (mtld, perplexity)",
+        ),
+        (["--set", "mtld.threshold=two"], "setting 'threshold'"),
+        (["--model", "bogus=/x"], "unknown key; choose from"),
+    ):
+        bad = CliRunner().invoke(main, [*args, *extra, "-o", str(tmp_path / "no")])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+        assert not (tmp_path / "no").exists()
+
+
 def test_the_papers_eval_set_from_shared_data(shared_data: Path) -> None:
     ev = shared_data / "eval"
     built = build_eval_set(
