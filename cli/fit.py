@@ -124,7 +124,21 @@ def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
     show_default=True,
     help="Folds of the k-fold cross-validation.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold split.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the fold split and the bootstrap resamples.",
+)
+@click.option(
+    "--bootstrap",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Rerun the selection on N bootstrap resamples of the rows and report how often "
+    "each indicator is chosen (its stability); 200 is a good start.",
+)
 @click.option("--name", help="Name of the rule [default: fitted-TABLE].")
 @overwrite_option
 def fit_command(
@@ -144,6 +158,7 @@ def fit_command(
     dropna: bool,
     cv_folds: int,
     seed: int,
+    bootstrap: int,
     name: str | None,
     overwrite: bool,
 ) -> None:
@@ -195,6 +210,7 @@ def fit_command(
                 dropna=dropna,
                 cv_folds=cv_folds,
                 seed=seed,
+                bootstrap=bootstrap,
                 indicators=indicators,
                 name=name,
                 source=table,

@@ -484,6 +484,14 @@ def export_command(study_dir: Path, output: Path | None) -> None:
     help="Indicators outside the plan to score on the finished candidates now and offer to "
     "the fit (e.g. log_perplexity, which reuses the study's cached perplexity).",
 )
+@click.option(
+    "--bootstrap",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Bootstrap resamples of the candidates on which the selection reruns: how often "
+    "each indicator is chosen goes in the report and the rule card (0: skip).",
+)
 @model_option
 @overwrite_option
 def fit_command(
@@ -493,6 +501,7 @@ def fit_command(
     config: str | None,
     add_indicators: str | None,
     name: str | None,
+    bootstrap: int,
     models: dict[str, str],
 ) -> None:
     """Fit the loss rule on STUDY_DIR's results; writes STUDY_DIR/fit/rule.json and a report."""
@@ -508,6 +517,7 @@ def fit_command(
         add_indicators=added,
         name=name,
         models=models,
+        bootstrap=bootstrap,
     )
     click.echo(
         f"fitted on {fit.n_rows} candidates of configuration {fit.config or '(unnamed)'}; "

@@ -86,3 +86,39 @@ def baseline_loo_rmse(y: pd.Series) -> float:
     values = y.to_numpy(dtype=float)
     errors = (values - values.mean()) * n / (n - 1)
     return float(np.sqrt(np.mean(errors**2)))
+
+
+def selection_frequency(
+    X: pd.DataFrame,
+    y: pd.Series,
+    choose: Callable[[pd.DataFrame, pd.Series], Sequence[str]],
+    *,
+    resamples: int,
+    seed: int = 0,
+) -> tuple[dict[str, float], int]:
+    """How often each column is chosen when the selection reruns on bootstrap resamples.
+
+    A stepwise search on a few dozen rows can turn on one or two datasets; an
+    indicator chosen in most resamples is a finding, one chosen in a third of them
+    is not. Returns ({column: share of resamples choosing it}, resamples that ran);
+    a resample the selection cannot fit (too few distinct rows) is skipped.
+    """
+    from instructmining.errors import InstructMiningError
+
+    rng = np.random.default_rng(seed)
+    counts = dict.fromkeys(map(str, X.columns), 0)
+    ran = 0
+    n = len(y)
+    for _ in range(resamples):
+        rows = rng.integers(0, n, size=n)
+        Xb, yb = X.iloc[rows].reset_index(drop=True), y.iloc[rows].reset_index(drop=True)
+        try:
+            chosen = choose(Xb, yb)
+        except (InstructMiningError, np.linalg.LinAlgError, ValueError):
+            continue
+        ran += 1
+        for col in chosen:
+            counts[str(col)] += 1
+    if not ran:
+        return {}, 0
+    return {col: count / ran for col, count in counts.items()}, ran

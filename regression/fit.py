@@ -19,6 +19,7 @@ from instructmining.regression.diagnostics import (
     baseline_loo_rmse,
     kfold_rmse,
     loo_residuals,
+    selection_frequency,
     vif,
 )
 from instructmining.regression.rule import Rule, _fmt, _text_table
@@ -126,6 +127,7 @@ def fit_rule(
     dropna: bool = False,
     cv_folds: int = 5,
     seed: int = 0,
+    bootstrap: int = 0,
     indicators: Mapping[str, Mapping[str, Any]] | None = None,
     name: str | None = None,
     source: str | Path | None = None,
@@ -137,6 +139,8 @@ def fit_rule(
     `remove`), "best-subset" (ranked by `rank_by`) or "all". `indicators` maps a
     feature to the `params()` of the indicator that produced it; without it the
     rule records the name only. `source` names the table in errors and provenance.
+    `bootstrap` > 0 reruns the selection on that many bootstrap resamples of the
+    rows (seeded by `seed`) and records how often each indicator is chosen.
     Rows of a univariate design (columns `bin_indicator` or `indicator`, and `bin`)
     also give the loss per bin (`FitResult.bins`).
     """
@@ -215,6 +219,9 @@ def fit_rule(
                 "target_scale": "log loss" if target_transform == "log" else "loss",
             }
         )
+        if bootstrap > 0 and method != "all":
+            frequency, ran = selection_frequency(X, y, choose, resamples=bootstrap, seed=seed)
+            stats.update({"selection_frequency": frequency, "bootstrap_resamples": ran})
         standardization = _standardization(X[chosen], y, model) if standardize else None
     for rec in records:
         if issubclass(rec.category, FitWarning):

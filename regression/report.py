@@ -133,6 +133,7 @@ def _markdown(result: FitResult, plots: list[str]) -> str:
                 {"estimate": "intercept only, leave-one-out", "rmse": s.get("baseline_loo_rmse")},
             ]
         ),
+        *_stability_section(s),
         "## Univariate analysis",
         "",
         f"Correlation of each candidate indicator with the {target}, with 95% intervals"
@@ -278,3 +279,24 @@ def _plots(result: FitResult, out: Path) -> list[str]:
         _save(fig, out / "bins.png")
         written.append("bins.png")
     return written
+
+
+def _stability_section(stats: dict[str, Any]) -> list[str]:
+    """How often each offered indicator was chosen on bootstrap resamples (when measured)."""
+    frequency = stats.get("selection_frequency")
+    if not frequency:
+        return []
+    rows = [
+        {"indicator": name, "chosen in": f"{100 * float(share):.0f}%"}
+        for name, share in sorted(frequency.items(), key=lambda kv: -float(kv[1]))
+    ]
+    return [
+        "## Selection stability",
+        "",
+        f"The selection rerun on {stats.get('bootstrap_resamples')} bootstrap resamples of the"
+        " candidate datasets (rows drawn with replacement): the share of reruns that chose"
+        " each offered indicator. One chosen in most reruns is a finding; one chosen in a"
+        " minority rests on a few datasets.",
+        "",
+        _md_table(rows),
+    ]

@@ -303,6 +303,14 @@ class Rule:
                 f"Cross-validated RMSE of the {scale}: {', '.join(parts)}; "
                 f"intercept only (leave-one-out) {_fmt(stats['baseline_loo_rmse'])}"
             )
+        frequency = stats.get("selection_frequency")
+        if isinstance(frequency, Mapping) and frequency:
+            ranked = sorted(frequency.items(), key=lambda kv: -float(kv[1]))
+            lines.append(
+                f"Chosen in bootstrap resamples of the rows ({stats.get('bootstrap_resamples')} "
+                "reruns of the selection): "
+                + ", ".join(f"{name} {100 * float(share):.0f}%" for name, share in ranked)
+            )
         lines.append("")
         lines.append("Indicators:")
         for name in self.features:

@@ -72,6 +72,14 @@ def test_fit_end_to_end_with_report(tmp_path):
     assert shown.exit_code == 0 and "fitted-results" in shown.output
     again = run("fit", table, "-o", rule_path)
     one_line_error(again, 2, "exists already", "--overwrite")
+    # --bootstrap: the selection's stability, on the card rule show prints
+    stable = run("fit", table, "-o", rule_path, "--bootstrap", "25", "--overwrite")
+    assert stable.exit_code == 0, stable.output
+    assert load_rule(rule_path).statistics["bootstrap_resamples"] == 25
+    assert "Chosen in bootstrap resamples of the rows (25 reruns" in run(
+        "rule", "show", rule_path
+    ).output
+    assert "Chosen in bootstrap" not in shown.output  # not measured by default
 
 
 def test_fit_options_and_parquet_metadata(tmp_path):

@@ -298,3 +298,32 @@ def test_no_warning_for_a_clean_table():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FitWarning)
         fit_rule(table(), features=FEATURES)
+
+
+def test_selection_frequency_separates_real_indicators_from_noise(tmp_path):
+    from instructmining.regression.diagnostics import selection_frequency
+    from instructmining.regression.stepwise import select_features
+
+    frame = table(seed=3)
+    frame["noise"] = np.random.default_rng(9).normal(size=len(frame))
+    X, y = frame[["reward", "knn6", "noise"]], np.log(frame.eval_loss)
+
+    def choose(Xb, yb):
+        return select_features(Xb, yb, method="stepwise").features
+
+    share, ran = selection_frequency(X, y, choose, resamples=60, seed=1)
+    assert ran == 60 and set(share) == {"reward", "knn6", "noise"}
+    assert share["reward"] == 1.0 and share["noise"] < 0.3
+    assert selection_frequency(X, y, choose, resamples=60, seed=1) == (share, ran)  # seeded
+    # through fit_rule: recorded in the rule, printed on its card and in the report
+    result = fit_rule(frame, features=[*FEATURES, "noise"], bootstrap=40, seed=2)
+    stats = result.rule.statistics
+    assert stats["bootstrap_resamples"] == 40
+    assert set(stats["selection_frequency"]) == {*FEATURES, "noise"}
+    assert "Chosen in bootstrap resamples of the rows (40 reruns of the selection): " in (
+        result.rule.summary()
+    )
+    report = result.write_report(tmp_path / "rep").read_text()
+    assert "## Selection stability" in report and "| reward | 100% |" in report
+    assert "selection_frequency" not in fit_rule(frame, features=FEATURES).rule.statistics
+

@@ -75,6 +75,10 @@ def test_study_fit_writes_a_rule_from_the_results(tmp_path: Path) -> None:
     card = rule.summary()  # what `rule show` prints
     assert "Fitted on:" in card and "candidates: 12 datasets of 10 records" in card
     assert f"study: {study_dir.name}" in card and "D_eval: " in card
+    # study fit measures the selection's stability by default (200 bootstrap resamples)
+    assert rule.statistics["bootstrap_resamples"] == 200
+    assert "Chosen in bootstrap resamples of the rows (200 reruns" in card
+    assert "## Selection stability" in (study_dir / "fit" / "report.md").read_text()
     assert (study_dir / "fit" / "report.md").exists()
     assert (study_dir / "fit" / "results.csv").exists()
     again = CliRunner().invoke(main, ["study", "fit", str(study_dir)])
