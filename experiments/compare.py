@@ -165,6 +165,9 @@ class Comparison:
             }
             if predicted:
                 row["predicted_loss"] = predicted.get(str(strategy), math.nan)
+            if "train_responses_cut" in group and group["train_responses_cut"].notna().any():
+                # long records are trained on their start only: how much of the subset
+                row["responses_cut"] = float(group["train_responses_cut"].astype(float).mean())
             out.append(row)
         return out
 
@@ -268,7 +271,10 @@ class Comparison:
         """The loss, subset-mean and paired-difference tables as markdown."""
         rows = self.per_strategy()
         predicts = any("predicted_loss" in r for r in rows)
-        extra = " rule's prediction |" if predicts else ""
+        cuts = any("responses_cut" in r for r in rows)
+        extra = (" rule's prediction |" if predicts else "") + (
+            " responses cut at max length |" if cuts else ""
+        )
         lines = []
         if self.planned > len(self.runs):
             lines += [
@@ -278,13 +284,15 @@ class Comparison:
             ]
         lines += [
             "| strategy | runs | mean eval loss | 95% interval |" + extra,
-            "|---|---|---|---|" + ("---|" if predicts else ""),
+            "|---|---|---|---|" + ("---|" if predicts else "") + ("---|" if cuts else ""),
         ]
         for r in rows:
+            cut = r.get("responses_cut")
             lines.append(
                 f"| {r['strategy']} | {r['runs']} | {r['mean_loss']:.4f} | "
                 f"{_interval(r['ci_low'], r['ci_high'], '.4f')} |"
                 + (f" {_loss(r.get('predicted_loss'))} |" if predicts else "")
+                + (f" {'n/a' if cut is None else f'{cut:.1f}'} |" if cuts else "")
             )
         columns = self.mean_columns()
         if columns:

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,8 @@ class TrainStats:
     seconds: float
     first_loss: float
     last_loss: float
+    #: records whose response did not fit in max_length and was cut (trained on its start)
+    responses_cut: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -299,6 +301,9 @@ def finetune(
     stats = train_examples(
         model, examples, config, pad_id=tok.pad_token_id, device=device, progress=progress
     )
+    # a whole response ends with EOS (encode_all); one cut at max_length does not
+    cut = sum(1 for _, labels in examples if labels and labels[-1] != tok.eos_token_id)
+    stats = replace(stats, responses_cut=cut)
     if save_to is not None:
         Path(save_to).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(save_to)

@@ -204,6 +204,7 @@ def train_and_evaluate(
         "train_tokens_per_s": stats.tokens_per_s,
         "train_first_loss": stats.first_loss,
         "train_last_loss": stats.last_loss,
+        "train_responses_cut": stats.responses_cut,
         "device": device,
         "host": platform.node(),
     }

@@ -218,7 +218,10 @@ class StubTraining:
             raise KeyboardInterrupt  # like a kill: not recorded as a failed run
         self.subsets.append(list(records))
         words = np.mean([len(r.output.split()) for r in records])
-        return {"eval_loss": 3.0 - 0.1 * words + 0.01 * settings.train.seed}
+        return {
+            "eval_loss": 3.0 - 0.1 * words + 0.01 * settings.train.seed,
+            "train_responses_cut": sum(len(r.output.split()) > 10 for r in records),
+        }
 
 
 def by_length(records, *, highest):
@@ -313,6 +316,11 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
         want = math.exp(0.3 - 0.02 * averaged[s])
         assert by_strategy[s]["predicted_loss"] == pytest.approx(want)
     assert f"| {by_strategy['rule']['predicted_loss']:.4f} |" in summary
+    # how many responses each strategy's runs trained on cut at max_length
+    top = subset[("top:output_length", 0)]
+    want_cut = sum(len(r.output.split()) > 10 for r in top)
+    assert by_strategy["top:output_length"]["responses_cut"] == want_cut
+    assert "| rule's prediction | responses cut at max length |" in summary
     # which indicator moved the rule's prediction against random, and by how much
     moved = {r["strategy"]: r for r in result.attribution()}
     assert set(moved) == set(strategies) - {"random"}

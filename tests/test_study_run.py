@@ -6,6 +6,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,11 @@ def test_finetuning_lowers_the_loss_and_is_deterministic(tiny_causal_lm: Path) -
     assert stats.steps == 4 * 3 and stats.tokens > 0 and stats.target_tokens < stats.tokens
     model2, _, _ = finetune(base, RECORDS, cfg, tokenizer=tok)
     assert eval_loss(model2, tok, RECORDS, max_length=64).loss == after.loss
+    # responses cut at max_length are counted: the run row says what was trained on
+    assert stats.responses_cut == 0
+    long = [make_record("Say it.", "", " ".join(["word"] * 80)), *RECORDS]  # 80 > 64 tokens
+    _, _, cut = finetune(base, long, replace(cfg, epochs=1), tokenizer=tok)
+    assert cut.responses_cut == 1
 
 
 def test_training_projects_only_response_positions_with_the_models_own_loss(
