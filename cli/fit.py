@@ -248,8 +248,14 @@ def rule_list_command() -> None:
     for name in BUILTIN_RULES:
         rule = builtin_rule(name)
         prov = rule.provenance
-        source = prov.get("study") or prov.get("paper") or str(prov.get("source", ""))
-        rows.append((name, source, str(prov.get("base_model", "")), ", ".join(rule.coefficients)))
+        study = prov.get("study")
+        if isinstance(study, dict):  # a rule this project fitted on one of its studies
+            source = f"study {study.get('folder')} ({study.get('candidates')} candidates)"
+            base = str(study.get("base_model", ""))
+        else:
+            source = str(prov.get("paper") or prov.get("source", ""))
+            base = str(prov.get("base_model", ""))
+        rows.append((name, source, base, ", ".join(rule.coefficients)))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])

@@ -76,9 +76,10 @@ def test_fit_end_to_end_with_report(tmp_path):
     stable = run("fit", table, "-o", rule_path, "--bootstrap", "25", "--overwrite")
     assert stable.exit_code == 0, stable.output
     assert load_rule(rule_path).statistics["bootstrap_resamples"] == 25
-    assert "Chosen in bootstrap resamples of the rows (25 reruns" in run(
-        "rule", "show", rule_path
-    ).output
+    assert (
+        "Chosen in bootstrap resamples of the rows (25 reruns"
+        in run("rule", "show", rule_path).output
+    )
     assert "Chosen in bootstrap" not in shown.output  # not measured by default
 
 
@@ -261,3 +262,21 @@ def test_rule_list_names_every_builtin_with_its_source():
     assert listed == set(BUILTIN_RULES)
     paper = next(line for line in lines if line.startswith("paper-v1"))
     assert "LLaMA-7B" in paper and "knn6" in paper
+
+
+def test_rule_list_shows_a_study_fitted_rule(tmp_path, monkeypatch):
+    # a shipped rule's provenance names its study (a mapping), not a paper
+    from instructmining.regression import BUILTIN_RULES, Rule
+
+    rule = Rule(
+        name="study-v0",
+        intercept=0.7,
+        coefficients={"output_length": -0.001},
+        indicators={"output_length": {"name": "output_length"}},
+        provenance={"study": {"folder": "demo", "candidates": 48, "base_model": "tiny-lm"}},
+    )
+    monkeypatch.setitem(BUILTIN_RULES, "study-v0", lambda: rule)
+    out = CliRunner().invoke(main, ["rule", "list"])
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.output.splitlines() if x.startswith("study-v0"))
+    assert "study demo (48 candidates)" in line and "tiny-lm" in line and "output_length" in line
