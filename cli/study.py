@@ -387,25 +387,23 @@ def status_command(study_dir: Path, verbose: bool, config: str | None) -> None:
         losses = [e.row["eval_loss"] for e in done if e.row and "eval_loss" in e.row]
         spread = f"; candidates {min(losses):.4f} to {max(losses):.4f}" if losses else ""
         click.echo(f"  baseline eval_loss {base['eval_loss']:.4f} before finetuning{spread}")
-    for c in comparison_progress(study.path):
-        line = f"  compare {c['folder'].name}: {c['done']}"
-        if c["planned"]:
-            line += (
-                f" of {c['planned']} runs done ({', '.join(c['strategies'])}; {c['seeds']} seeds)"
-            )
+    for cmp in comparison_progress(study.path):
+        line = f"  compare {cmp['folder'].name}: {cmp['done']}"
+        if cmp["planned"]:
+            line += f" of {cmp['planned']} runs done ({', '.join(cmp['strategies'])}; {cmp['seeds']} seeds)"
         else:
             line += " runs done"
-        if c["failed"]:
-            line += f", {c['failed']} failed"
-        left = (c["planned"] or 0) - c["done"]
-        if left > 0 and c["typical_s"]:
+        if cmp["failed"]:
+            line += f", {cmp['failed']} failed"
+        left = (cmp["planned"] or 0) - cmp["done"]
+        if left > 0 and cmp["typical_s"]:
             line += (
-                f"; about {left * c['typical_s'] / 3600:.1f} h left at the median "
-                f"{c['typical_s']:.0f} s of the last runs"
+                f"; about {left * cmp['typical_s'] / 3600:.1f} h left at the median "
+                f"{cmp['typical_s']:.0f} s of the last runs"
             )
         click.echo(line)
-        if c["summary"] is not None:
-            click.echo(f"    tables: {c['summary']}")
+        if cmp["summary"] is not None:
+            click.echo(f"    tables: {cmp['summary']}")
     if verbose:
         for cid in ids:
             e = entries.get(cid)
