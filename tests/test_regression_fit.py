@@ -326,4 +326,3 @@ def test_selection_frequency_separates_real_indicators_from_noise(tmp_path):
     report = result.write_report(tmp_path / "rep").read_text()
     assert "## Selection stability" in report and "| reward | 100% |" in report
     assert "selection_frequency" not in fit_rule(frame, features=FEATURES).rule.statistics
-
