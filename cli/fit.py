@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from instructmining.cli.options import overwrite_option
+from instructmining.cli.options import bootstrap_option, overwrite_option
 
 
 def _split(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
@@ -131,14 +131,7 @@ def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
     show_default=True,
     help="Seed of the fold split and the bootstrap resamples.",
 )
-@click.option(
-    "--bootstrap",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Rerun the selection on N bootstrap resamples of the rows and report how often "
-    "each indicator is chosen (its stability); 200 is a good start.",
-)
+@bootstrap_option(default=0)
 @click.option("--name", help="Name of the rule [default: fitted-TABLE].")
 @overwrite_option
 def fit_command(

@@ -289,6 +289,19 @@ def settings_option(f: Any) -> Any:
     )(f)
 
 
+def bootstrap_option(default: int) -> Any:
+    """--bootstrap N: rerun the rule's selection on N resamples of the rows (0: skip)."""
+    return click.option(
+        "--bootstrap",
+        type=click.IntRange(min=0),
+        default=default,
+        show_default=True,
+        help="Rerun the selection on N bootstrap resamples of the rows and report how often "
+        "each indicator is chosen (its stability, on the rule card and in the report); "
+        "0 skips it.",
+    )
+
+
 def _train_defaults(name: str) -> str:
     """`name`'s default for a real base and for `tiny`, for the help texts."""
     from instructmining.experiments.defaults import REAL_DEFAULTS, TINY_DEFAULTS

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from instructmining.cli.options import (
+    bootstrap_option,
     model_option,
     overwrite_option,
     quiet_option,
@@ -482,14 +483,7 @@ def export_command(study_dir: Path, output: Path | None) -> None:
     help="Indicators outside the plan to score on the finished candidates now and offer to "
     "the fit (e.g. log_perplexity, which reuses the study's cached perplexity).",
 )
-@click.option(
-    "--bootstrap",
-    type=click.IntRange(min=0),
-    default=200,
-    show_default=True,
-    help="Bootstrap resamples of the candidates on which the selection reruns: how often "
-    "each indicator is chosen goes in the report and the rule card (0: skip).",
-)
+@bootstrap_option(default=200)
 @model_option
 @overwrite_option
 def fit_command(
