@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,11 @@ def quiet_option(f: Any) -> Any:
 
 #: files that hold a checkpoint's weights (transformers, sentence-transformers, peft)
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
+
+
+def phase_logger() -> Callable[[str], None]:
+    """One timestamped line on stderr per phase of a long job (where no bars are drawn)."""
+    return lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
 
 
 def engine_options(f: Any) -> Any:

@@ -13,6 +13,7 @@ from instructmining.cli.options import (
     bootstrap_option,
     model_option,
     overwrite_option,
+    phase_logger,
     quiet_option,
     run_settings,
     settings_option,
@@ -294,9 +295,7 @@ def run_command(
         progress=progress_enabled(quiet),
         on_result=report,
         # without a terminal there are no bars: one timestamped line per phase instead
-        log_phases=None
-        if quiet or progress_enabled(quiet)
-        else lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
+        log_phases=None if quiet or progress_enabled(quiet) else phase_logger(),
     )
     click.echo(
         f"{len(summary.done)} done, {len(summary.failed)} failed, {summary.skipped} already "
@@ -322,7 +321,7 @@ def baseline_command(study_dir: Path, base_model: str, force: bool, **options: A
         study_dir,
         settings,
         force=force,
-        log=lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True),
+        log=phase_logger(),
     )
     how = f"in {row['eval_s']:.0f} s" if computed else "recorded earlier"
     click.echo(

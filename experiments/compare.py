@@ -168,6 +168,9 @@ class Comparison:
             if "train_responses_cut" in group and group["train_responses_cut"].notna().any():
                 # long records are trained on their start only: how much of the subset
                 row["responses_cut"] = float(group["train_responses_cut"].astype(float).mean())
+            if "train_target_tokens" in group and group["train_target_tokens"].notna().any():
+                # response tokens the loss was taken on: longer subsets train on more of them
+                row["trained_tokens"] = float(group["train_target_tokens"].astype(float).mean())
             out.append(row)
         return out
 
@@ -272,8 +275,11 @@ class Comparison:
         rows = self.per_strategy()
         predicts = any("predicted_loss" in r for r in rows)
         cuts = any("responses_cut" in r for r in rows)
-        extra = (" rule's prediction |" if predicts else "") + (
-            " responses cut at max length |" if cuts else ""
+        tokens = any("trained_tokens" in r for r in rows)
+        extra = (
+            (" rule's prediction |" if predicts else "")
+            + (" responses cut at max length |" if cuts else "")
+            + (" response tokens trained |" if tokens else "")
         )
         lines = []
         if self.planned > len(self.runs):
@@ -284,15 +290,16 @@ class Comparison:
             ]
         lines += [
             "| strategy | runs | mean eval loss | 95% interval |" + extra,
-            "|---|---|---|---|" + ("---|" if predicts else "") + ("---|" if cuts else ""),
+            "|---|---|---|---|" + "---|" * (predicts + cuts + tokens),
         ]
         for r in rows:
-            cut = r.get("responses_cut")
+            cut, trained = r.get("responses_cut"), r.get("trained_tokens")
             lines.append(
                 f"| {r['strategy']} | {r['runs']} | {r['mean_loss']:.4f} | "
                 f"{_interval(r['ci_low'], r['ci_high'], '.4f')} |"
                 + (f" {_loss(r.get('predicted_loss'))} |" if predicts else "")
                 + (f" {'n/a' if cut is None else f'{cut:.1f}'} |" if cuts else "")
+                + (f" {'n/a' if trained is None else f'{trained:.0f}'} |" if tokens else "")
             )
         columns = self.mean_columns()
         if columns:
@@ -465,12 +472,19 @@ def compare_strategies(
     progress: bool = False,
     on_result: Callable[[str, int, dict[str, Any] | str], None] | None = None,
     by: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Run (or resume) the comparison; results live in STUDY/compare/<fingerprint>/.
 
     `by`: a field of the pool's source rows (dolly's ``category``) whose make-up of
     every strategy's subsets is tabled, read from the kept record ids of each run.
+    `log` receives one line as each phase starts (for runs nobody watches on a terminal).
     """
+
+    def say(line: str) -> None:
+        if log is not None:
+            log(line)
+
     from instructmining.indicators.engine import score
     from instructmining.indicators.registry import from_params
 
@@ -539,6 +553,7 @@ def compare_strategies(
     for strategy, seed in todo:
         pick_seed = seed if strategy in seeded else 0
         if (strategy, pick_seed) not in subsets:
+            say(f"choosing the subset of {strategy} (seed {pick_seed})")
             subsets[(strategy, pick_seed)] = choose_subset(
                 strategy,
                 records,
@@ -550,6 +565,8 @@ def compare_strategies(
                 cache=study.cache_dir,
                 progress=progress,
             )
+    if subsets:
+        say(f"scoring the {len(subsets)} subsets on every study indicator")
     means = {
         pick: indicator_means(
             score(subset, indicators, cache=study.cache_dir, progress=progress), names
@@ -627,7 +644,12 @@ def compare_strategies(
         started = time.perf_counter()
         try:
             row = train_and_evaluate(
-                base, subset, study.eval_records, run_settings, progress=progress
+                base,
+                subset,
+                study.eval_records,
+                run_settings,
+                progress=progress,
+                log=lambda line, rid=rid: say(f"{rid}: {line}"),
             )
         except Exception as exc:  # one failed run is recorded; the comparison goes on
             store.record_failed(rid, describe_error(exc))

@@ -164,6 +164,10 @@ def test_cli_compare_and_size_auto(study_dir, tmp_path, tiny_causal_lm):
     )
     assert result.exit_code == 0, result.output
     assert "| rule | 1 |" in result.output and "rule - random" in result.output
+    # no terminal, so no bars: one timestamped line per phase says where the run is
+    phases = [ln.split(" ", 1)[1] for ln in result.output.splitlines() if ln[:2].isdigit()]
+    assert phases[0].startswith("choosing the subset of rule"), phases
+    assert any(p.startswith("random-seed0: trained in") for p in phases), phases
     out = tmp_path / "best.jsonl"
     result = runner_.invoke(
         main,
@@ -217,10 +221,13 @@ class StubTraining:
         if self.stop_after is not None and len(self.subsets) == self.stop_after:
             raise KeyboardInterrupt  # like a kill: not recorded as a failed run
         self.subsets.append(list(records))
+        if kwargs.get("log"):
+            kwargs["log"]("training")
         words = np.mean([len(r.output.split()) for r in records])
         return {
             "eval_loss": 3.0 - 0.1 * words + 0.01 * settings.train.seed,
             "train_responses_cut": sum(len(r.output.split()) > 10 for r in records),
+            "train_target_tokens": sum(len(r.output.split()) for r in records),
         }
 
 
@@ -260,10 +267,27 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     strategies = ["rule", "rule-in-range", "top:output_length", "bottom:output_length", "random"]
     stub = StubTraining()
     monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", stub)
+    lines: list[str] = []
     with pytest.warns(FittedRangeWarning, match="subset mean output_length"):  # plain rule
         result = compare_strategies(
-            study_dir, pool, RANGED_RULE, size=8, seeds=2, settings=settings, strategies=strategies
+            study_dir,
+            pool,
+            RANGED_RULE,
+            size=8,
+            seeds=2,
+            settings=settings,
+            strategies=strategies,
+            log=lines.append,
         )
+    # one line per phase: every subset chosen, scored, then each run named as it trains
+    assert lines[0] == "choosing the subset of rule (seed 0)"
+    assert "scoring the 6 subsets on every study indicator" in lines  # random: one per seed
+    digest = result.runs.loc[result.runs["strategy"] == "rule", "rule_digest"].iloc[0]
+    assert [ln for ln in lines if ln.endswith(": training")][:3] == [
+        f"rule@{digest}-seed0: training",
+        f"rule-in-range@{digest}-seed0: training",
+        "top:output_length-seed0: training",
+    ]
     runs = result.runs
     assert runs["strategy"].tolist() == [s for s in strategies for _ in range(2)]
     # the stub saw the subsets seed by seed, every strategy of a seed before the next seed
@@ -272,7 +296,6 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
         for i, s in enumerate(strategies)
         for seed in (0, 1)
     }
-    digest = runs.loc[runs["strategy"] == "rule", "rule_digest"].iloc[0]
     for (s, seed), records in subset.items():  # kept for analysis, one file per run
         tag = f"@{digest}" if s.startswith("rule") else ""
         path = result.folder / "subsets" / f"{s}{tag}-seed{seed}.json".replace(":", "_")
@@ -321,6 +344,11 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     want_cut = sum(len(r.output.split()) > 10 for r in top)
     assert by_strategy["top:output_length"]["responses_cut"] == want_cut
     assert "| rule's prediction | responses cut at max length |" in summary
+    # and how many response tokens they trained on (longer subsets: more of them)
+    assert by_strategy["top:output_length"]["trained_tokens"] == sum(
+        len(r.output.split()) for r in top
+    )
+    assert "| response tokens trained |" in summary
     # which indicator moved the rule's prediction against random, and by how much
     moved = {r["strategy"]: r for r in result.attribution()}
     assert set(moved) == set(strategies) - {"random"}
