@@ -141,6 +141,17 @@ class Comparison:
     def _strategies(self) -> list[str]:
         return list(dict.fromkeys(self.runs["strategy"]))
 
+    def _seeded(self) -> set[str]:
+        """The strategies whose subset changes with the seed (random; any it cannot read)."""
+        out = set()
+        for name in self._strategies():
+            try:
+                if parse(str(name)).seed_matters(self.rule):
+                    out.add(str(name))
+            except ParameterError:  # a plugin strategy no longer installed: claim nothing
+                out.add(str(name))
+        return out
+
     def mean_columns(self) -> list[str]:
         """The indicators with a subset mean column."""
         names = self.indicators or [
@@ -155,13 +166,16 @@ class Comparison:
         predicted = self.predicted()
         out = []
         for strategy, group in self.runs.groupby("strategy", sort=False):
-            mean, low, high = mean_interval(group["eval_loss"].tolist())
+            losses = group["eval_loss"].astype(float)
+            mean, low, high = mean_interval(losses.tolist())
             row = {
                 "strategy": strategy,
                 "runs": len(group),
                 "mean_loss": mean,
                 "ci_low": low,
                 "ci_high": high,
+                # the noise figure: the finetuning seed's alone where the subset is fixed
+                "sd": float(losses.std(ddof=1)) if len(group) > 1 else math.nan,
             }
             if predicted:
                 row["predicted_loss"] = predicted.get(str(strategy), math.nan)
@@ -289,18 +303,27 @@ class Comparison:
                 "",
             ]
         lines += [
-            "| strategy | runs | mean eval loss | 95% interval |" + extra,
-            "|---|---|---|---|" + "---|" * (predicts + cuts + tokens),
+            "| strategy | runs | mean eval loss | 95% interval | sd over seeds |" + extra,
+            "|---|---|---|---|---|" + "---|" * (predicts + cuts + tokens),
         ]
         for r in rows:
             cut, trained = r.get("responses_cut"), r.get("trained_tokens")
             lines.append(
                 f"| {r['strategy']} | {r['runs']} | {r['mean_loss']:.4f} | "
-                f"{_interval(r['ci_low'], r['ci_high'], '.4f')} |"
+                f"{_interval(r['ci_low'], r['ci_high'], '.4f')} | {_loss(r['sd'])} |"
                 + (f" {_loss(r.get('predicted_loss'))} |" if predicts else "")
                 + (f" {'n/a' if cut is None else f'{cut:.1f}'} |" if cuts else "")
                 + (f" {'n/a' if trained is None else f'{trained:.0f}'} |" if tokens else "")
             )
+        seeded = self._seeded()
+        fixed = [str(r["strategy"]) for r in rows if str(r["strategy"]) not in seeded]
+        if any(r["runs"] > 1 for r in rows if str(r["strategy"]) in fixed):
+            lines += [
+                "",
+                f"sd over seeds: for {', '.join(fixed)} the subset is the same at every seed, "
+                "so it is the finetuning seed's noise alone; for the others it includes "
+                "drawing the subset.",
+            ]
         columns = self.mean_columns()
         if columns:
             lines += [

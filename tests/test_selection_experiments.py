@@ -231,6 +231,11 @@ class StubTraining:
         }
 
 
+def by_strategy_sd(result):
+    """Each strategy's sd of the eval loss over seeds, as the summary reports it."""
+    return {r["strategy"]: r["sd"] for r in result.per_strategy()}
+
+
 def by_length(records, *, highest):
     """Expected order: output words (highest or lowest first), ties by record id."""
     sign = -1 if highest else 1
@@ -332,7 +337,15 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     assert "| top:output_length - random |" in summary and "beats random" in summary
     assert "| *rule's fitted range* |" in summary and "[9, 11]" in summary
     # beside each measured loss, what the rule predicts from the subset's means
-    assert "| strategy | runs | mean eval loss | 95% interval | rule's prediction |" in summary
+    header = (
+        "| strategy | runs | mean eval loss | 95% interval | sd over seeds | rule's prediction |"
+    )
+    assert header in summary
+    # the noise figure: the stub's loss moves by 0.01 per seed on a fixed subset
+    fixed = runs.query("strategy == 'top:output_length'")["eval_loss"]
+    assert by_strategy_sd(result)["top:output_length"] == pytest.approx(fixed.std(ddof=1))
+    assert by_strategy_sd(result)["top:output_length"] == pytest.approx(0.01 / math.sqrt(2))
+    assert "for rule, rule-in-range, top:output_length, bottom:output_length the subset" in summary
     by_strategy = {r["strategy"]: r for r in result.per_strategy()}
     averaged = runs.groupby("strategy")["subset_mean_output_length"].mean()
     for s in strategies:
