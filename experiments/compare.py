@@ -665,14 +665,13 @@ def compare_strategies(
         rid = run_id(strategy, seed)
         run_settings = replace(settings, train=replace(settings.train, seed=seed))
         started = time.perf_counter()
+
+        def run_log(line: str, rid: str = rid) -> None:
+            say(f"{rid}: {line}")
+
         try:
             row = train_and_evaluate(
-                base,
-                subset,
-                study.eval_records,
-                run_settings,
-                progress=progress,
-                log=lambda line, rid=rid: say(f"{rid}: {line}"),
+                base, subset, study.eval_records, run_settings, progress=progress, log=run_log
             )
         except Exception as exc:  # one failed run is recorded; the comparison goes on
             store.record_failed(rid, describe_error(exc))
