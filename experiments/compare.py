@@ -401,6 +401,40 @@ def subset_file(folder: Path, run: str) -> Path:
     return folder / "subsets" / f"{run.replace(':', '_')}.json"
 
 
+def _check_fixed_subsets(
+    folder: Path,
+    subsets: Mapping[tuple[str, int], Sequence[Record]],
+    seeded: set[str],
+    finished: set[str],
+    run_id: Callable[[str, int], str],
+) -> None:
+    """Refuse to resume when a strategy's fixed subset is no longer what its runs trained on.
+
+    A strategy whose choice does not depend on the seed must give every seed the same
+    records; if a resumed comparison chooses differently (the selection code or the
+    cached scores changed between sessions), its later seeds would measure another
+    subset under the same name. Runs finished before subsets were kept are not checked.
+    """
+    for (strategy, _), subset in subsets.items():
+        if strategy in seeded:
+            continue
+        now = {r.id for r in subset}
+        stem = run_id(strategy, 0).rsplit("-seed", 1)[0]
+        for rid in sorted(finished):
+            path = subset_file(folder, rid)
+            if rid.rsplit("-seed", 1)[0] != stem or not path.exists():
+                continue
+            before = set(json.loads(path.read_text(encoding="utf-8")))
+            if before != now:
+                raise InstructMiningError(
+                    f"the {strategy} subset chosen now differs from the one run {rid} trained "
+                    f"on ({len(now - before)} of {len(now)} records; kept in {path}): the "
+                    "selection code or the score cache changed since that run. Finish this "
+                    "comparison with the code that started it, or start a new one by moving "
+                    f"{folder} aside"
+                )
+
+
 def _composition(
     folder: Path,
     records: Sequence[Record],
@@ -588,6 +622,7 @@ def compare_strategies(
                 cache=study.cache_dir,
                 progress=progress,
             )
+    _check_fixed_subsets(folder, subsets, seeded, finished, run_id)
     if subsets:
         say(f"scoring the {len(subsets)} subsets on every study indicator")
     means = {

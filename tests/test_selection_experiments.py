@@ -420,6 +420,22 @@ def test_compare_indicator_strategies_means_and_resume(study_dir, monkeypatch, t
     assert "Partial" not in (result.folder / "summary.md").read_text()
     assert json.loads((result.folder / "summary.json").read_text())["complete"] is True
 
+    # a fixed strategy must give a later seed the records its finished runs trained on:
+    # if the choice changed between sessions, the resume stops before any training
+    kept = result.folder / "subsets" / "top_output_length-seed0.json"
+    ids = json.loads(kept.read_text())
+    outsider = next(r.id for r in pool if r.id not in ids)
+    kept.write_text(json.dumps([*ids[:-1], outsider]))
+    untouched = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", untouched)
+    from instructmining.errors import InstructMiningError
+
+    with pytest.raises(InstructMiningError, match="top:output_length subset chosen now differs"):
+        compare_strategies(
+            study_dir, pool, RANGED_RULE, size=8, seeds=3, settings=settings, strategies=more
+        )
+    assert untouched.subsets == []
+
 
 def test_cli_compare_rejects_unknown_strategies(study_dir, tmp_path):
     import json
