@@ -395,12 +395,8 @@ def status_command(study_dir: Path, verbose: bool, config: str | None) -> None:
             line += " runs done"
         if cmp["failed"]:
             line += f", {cmp['failed']} failed"
-        left = (cmp["planned"] or 0) - cmp["done"]
-        if left > 0 and cmp["typical_s"]:
-            line += (
-                f"; about {left * cmp['typical_s'] / 3600:.1f} h left at the median "
-                f"{cmp['typical_s']:.0f} s of the last runs"
-            )
+        if cmp["left_s"] is not None:
+            line += f"; about {cmp['left_s'] / 3600:.1f} h left at each strategy's median run"
         click.echo(line)
         if cmp["summary"] is not None:
             click.echo(f"    tables: {cmp['summary']}")

@@ -738,27 +738,52 @@ def comparison_progress(study_path: str | Path) -> list[dict[str, Any]]:
     """Where each comparison of a study stands (`study status`), read from its folder.
 
     Per folder: runs done and planned by the last `study compare` there (its
-    summary.json), failed runs, the median time of the last five runs, and the
-    summary's path; a folder whose first run has not finished has no plan yet.
+    summary.json), failed runs, an estimate of the time left, and the summary's
+    path; a folder whose first run has not finished has no plan yet.
     """
     study = Study(study_path)
     out = []
     for folder in sorted(p for p in (study.path / "compare").glob("*") if p.is_dir()):
         entries = ResultsStore(folder / "runs.sqlite").entries()
-        done = sorted((e for e in entries.values() if e.status == "done"), key=lambda e: e.finished)
+        done = [e for e in entries.values() if e.status == "done"]
         summary = folder / "summary.json"
         plan = json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}
-        walls = [e.wall_s for e in done[-5:] if e.wall_s is not None]
+        runs_done = int(plan.get("runs_done", len(done)))
+        planned = plan.get("runs_planned")
         out.append(
             {
                 "folder": folder,
-                "done": int(plan.get("runs_done", len(done))),
-                "planned": plan.get("runs_planned"),
+                "done": runs_done,
+                "planned": planned,
                 "failed": sum(e.status == "failed" for e in entries.values()),
                 "strategies": list(plan.get("strategies", [])),
                 "seeds": plan.get("seeds"),
-                "typical_s": statistics.median(walls) if walls else None,
+                "left_s": _time_left(done, plan, (planned or 0) - runs_done),
                 "summary": folder / "summary.md" if summary.exists() else None,
             }
         )
     return out
+
+
+def _time_left(done: Sequence[Any], plan: Mapping[str, Any], left: int) -> float | None:
+    """Seconds the `left` unfinished runs should take: each at its strategy's median.
+
+    Strategies differ several-fold (a long-output subset trains on more tokens), so
+    one median over all runs misleads; a strategy with no finished run yet counts
+    at the median of every run. None without a finished run or with nothing left.
+    """
+    walls: dict[str, list[float]] = {}
+    for e in done:
+        if e.wall_s is not None and e.row:
+            walls.setdefault(str(e.row.get("strategy")), []).append(float(e.wall_s))
+    every = [w for ws in walls.values() for w in ws]
+    if left <= 0 or not every:
+        return None
+    overall = statistics.median(every)
+    seeds = int(plan.get("seeds") or 0)
+    remaining = [
+        (name, max(0, seeds - len(walls.get(name, [])))) for name in plan.get("strategies", [])
+    ]
+    if sum(n for _, n in remaining) != left:  # runs of another rule, or no plan: plain median
+        return left * overall
+    return sum(n * statistics.median(walls.get(name) or [overall]) for name, n in remaining)

@@ -583,3 +583,20 @@ def test_compare_tables_the_make_up_of_each_strategys_subsets(
     summary = (result.folder / "summary.md").read_text()
     assert "Share of each `category` among a strategy's records" in summary
     assert "| strategy | long | short |" in summary
+
+
+def test_time_left_counts_each_strategy_at_its_own_median():
+    from types import SimpleNamespace
+
+    from instructmining.experiments.compare import _time_left
+
+    def run(strategy, wall):
+        return SimpleNamespace(wall_s=wall, row={"strategy": strategy})
+
+    done = [run("rule", 800.0), run("rule", 900.0), run("random", 400.0)]
+    plan = {"strategies": ["rule", "random", "longest"], "seeds": 3}
+    # rule: 1 left at 850; random: 2 at 400; longest: 3 at the median of every run (800)
+    assert _time_left(done, plan, 6) == pytest.approx(850 + 2 * 400 + 3 * 800)
+    # counts that do not add up (runs of another rule in the folder): the plain median
+    assert _time_left(done, plan, 4) == pytest.approx(4 * 800)
+    assert _time_left(done, plan, 0) is None and _time_left([], plan, 6) is None
