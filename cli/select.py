@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,8 @@ from instructmining.cli.options import (
     type=click.Choice(["auto"]),
     default=None,
     help="auto: search the subset size that minimises the eval loss by finetuning "
-    "top-s subsets through the study runner (needs --study).",
+    "top-s subsets through the study runner (needs --study; with --within-range each "
+    "size is chosen inside the fitted range).",
 )
 @click.option(
     "--study",
@@ -228,8 +230,6 @@ def select_command(
                 "--exclude-eval and --dedup do not combine with --size auto; "
                 "run select --exclude-eval/--dedup first and search on its output"
             )
-        if within_range:
-            raise click.UsageError("--within-range does not combine with --size auto")
         _size_search(
             data,
             rule_spec,
@@ -246,6 +246,7 @@ def select_command(
             quiet,
             chooser=chooser,
             seed=seed,
+            within_range=within_range,
         )
         return
     if sum(x is not None for x in (k, fraction, max_predicted_loss)) != 1:
@@ -351,6 +352,7 @@ def _size_search(
     *,
     chooser: Any,
     seed: int,
+    within_range: bool,
 ) -> None:
     from instructmining.experiments.size_search import size_search
     from instructmining.progress import progress_enabled
@@ -365,8 +367,19 @@ def _size_search(
         rule = load_rule(rule_spec) if rule_spec is not None else None
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="--rule") from None
+    if within_range:  # every size's subset chosen inside the rule's fitted range
+        from instructmining.selection.select import resolve_strategy
+
+        chooser = resolve_strategy(chooser, rule, within_range=True)[1]
     settings = run_settings(base_model, **training)
     pool = read_records(data, field_map=field_map or None, on_error=on_error).records
+
+    def report(size: int, loss: float) -> None:
+        if math.isnan(loss):
+            click.echo(f"size {size}: left out (no subset of it stays in the fitted range)")
+        else:
+            click.echo(f"size {size}: eval_loss {loss:.4f}")
+
     found = size_search(
         study_dir,
         pool,
@@ -378,8 +391,8 @@ def _size_search(
         settings=settings,
         models=models,
         progress=progress_enabled(quiet),
-        on_result=lambda size, loss: click.echo(f"size {size}: eval_loss {loss:.4f}"),
+        on_result=report,
     )
     write_rows([dict(r.fields) for r in found.subset], out, overwrite=overwrite, inputs=[data])
-    click.echo(f"best size {found.best_size} of {len(found.ranked)} -> {out}")
+    click.echo(f"best size {found.best_size} of {found.pool_size} -> {out}")
     click.echo(f"loss-vs-size curve: {found.folder / 'curve.csv'} and curve.png")

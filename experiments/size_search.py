@@ -2,7 +2,9 @@
 
 The pool is ranked once by a strategy (default: the rule; any strategy whose
 choice of s records is the first s of its choice of more, see
-`Strategy.nested`); a size s means "finetune on the top s".
+`Strategy.nested`); a size s means "finetune on the top s". A strategy that is
+not nested (rule-in-range: the rule's ranking kept inside its fitted range)
+chooses every size's subset on its own.
 Sizes are searched on a log scale within a budget of finetuning runs: half the
 budget on a log-spaced grid (the loss-vs-size curve can have several minima:
 the paper reports a double descent), the rest on a golden-section search
@@ -36,24 +38,30 @@ from instructmining.experiments.study import Study
 from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection import select
+from instructmining.selection.ranges import RangeInfeasibleError
 from instructmining.selection.strategies import Strategy, parse
+from instructmining.writers import write_json, write_rows
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 @dataclass
 class SizeSearch:
-    """The evaluated sizes (a curve), the best size and the ranked pool."""
+    """The evaluated sizes (a curve), the best size, its subset and the ranked pool."""
 
     curve: Any  # DataFrame: size, eval_loss, phase (grid/golden), order of evaluation
     best_size: int
-    ranked: list[Record]
+    ranked: list[Record]  # the pool best first (a nested strategy); [] for rule-in-range
     folder: Path
+    #: the records searched (the pool less its D_eval overlap)
+    pool_size: int = 0
+    #: the best size's subset when subsets are not nested (else the top of `ranked`)
+    chosen: list[Record] | None = None
 
     @property
     def subset(self) -> list[Record]:
-        """The top `best_size` records."""
-        return self.ranked[: self.best_size]
+        """The best size's records."""
+        return self.chosen if self.chosen is not None else self.ranked[: self.best_size]
 
 
 def grid_sizes(low: int, high: int, count: int) -> list[int]:
@@ -122,17 +130,13 @@ def size_search(
 ) -> SizeSearch:
     """Rank `pool` by `strategy` (with `rule` and `seed`) and search the best top-s size.
 
-    See the module docstring; a strategy whose choices are not nested (rule-in-range)
-    is refused.
+    See the module docstring. A strategy whose subsets are not nested (rule-in-range)
+    chooses each size's subset anew; a size it cannot keep inside the rule's fitted
+    range is left out of the curve (its loss counts as infinite in the search).
     """
     import pandas as pd
 
     ranker = parse(strategy, option="--strategy")
-    if not ranker.nested:
-        raise ParameterError(
-            f"--strategy {ranker.name}: its subsets of different sizes are not nested, so "
-            "the size search cannot rank the pool once with it; choose a ranking strategy"
-        )
     ranker.check(rule)
     study = Study(study_path)
     kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
@@ -142,23 +146,30 @@ def size_search(
     low = min(max(1, min_size), high)
     if high < 1:
         raise DataError("the pool is empty after removing records that overlap D_eval")
-    with warnings.catch_warnings():  # a +diverse:COS ranking keeps fewer than n: expected
-        warnings.filterwarnings("ignore", message="the diversity threshold")
-        ranked = select(
-            records,
-            rule if ranker.uses_rule else None,
-            k=n,
-            strategy=ranker,
-            seed=seed,
-            models=models,
-            cache=study.cache_dir,
-        ).subset(records)
-    high = min(high, len(ranked))  # a +diverse:COS ranking may keep fewer records
+
+    def choose(k: int) -> list[Record]:
+        with warnings.catch_warnings():  # a +diverse:COS ranking keeps fewer than n: expected
+            warnings.filterwarnings("ignore", message="the diversity threshold")
+            return select(
+                records,
+                rule if ranker.uses_rule else None,
+                k=k,
+                strategy=ranker,
+                seed=seed,
+                models=models,
+                cache=study.cache_dir,
+            ).subset(records)
+
+    ranked = choose(n) if ranker.nested else []
+    if ranker.nested:
+        high = min(high, len(ranked))  # a +diverse:COS ranking may keep fewer records
     low = min(low, high)
     base = prepare_base(study, settings, progress=progress)
     settings = resolve_settings(settings, base)
+    # nested: the ranking says everything about the subsets; otherwise the pool and
+    # the strategy do (each size's subset is kept in subsets/size-S.json)
     key = _fingerprint(
-        [r.id for r in ranked],
+        [r.id for r in ranked] if ranker.nested else [sorted(r.id for r in records), ranker.name],
         rule.to_dict() if rule is not None else None,
         settings.base_model,
         settings.train.key(),
@@ -172,14 +183,28 @@ def size_search(
         if e.status == "done" and e.row
     }
     phase: dict[int, int] = {}
+    infeasible: set[int] = set()
+
+    def subset_of(size: int) -> list[Record]:
+        if ranker.nested:
+            return ranked[:size]
+        chosen = choose(size)
+        (folder / "subsets").mkdir(exist_ok=True)
+        write_json([r.id for r in chosen], folder / "subsets" / f"size-{size}.json")
+        return chosen
 
     def evaluate(size: int) -> float:
         phase[size] = len(phase)
         if size in stored:
             return stored[size]
-        row = train_and_evaluate(
-            base, ranked[:size], study.eval_records, settings, progress=progress
-        )
+        try:
+            subset = subset_of(size)
+        except RangeInfeasibleError:  # too many records to stay in range: skip it
+            infeasible.add(size)
+            if on_result:
+                on_result(size, math.nan)  # NaN: left out, no model trained
+            return math.inf
+        row = train_and_evaluate(base, subset, study.eval_records, settings, progress=progress)
         row["size"] = size
         store.record_done(f"size-{size}", row)
         if on_result:
@@ -187,6 +212,12 @@ def size_search(
         return float(row["eval_loss"])
 
     losses = search_sizes(evaluate, low, high, budget)
+    losses = {size: loss for size, loss in losses.items() if size not in infeasible}
+    if not losses:
+        raise RangeInfeasibleError(
+            f"no size searched in [{low}, {high}] keeps the subset inside the rule's fitted "
+            "range; lower --min-size, or search without --within-range"
+        )
     best = min(losses, key=lambda s: (losses[s], s))
     curve = pd.DataFrame(
         {
@@ -195,8 +226,6 @@ def size_search(
             "evaluated_as": [phase[s] + 1 for s in sorted(losses)],
         }
     )
-    from instructmining.writers import write_json, write_rows
-
     write_rows(curve, folder / "curve.csv", overwrite=True)
     write_json(
         {
@@ -206,6 +235,7 @@ def size_search(
             "range": [low, high],
             "best_size": best,
             "best_loss": losses[best],
+            "left_out_out_of_range": sorted(infeasible),
             "strategy": ranker.name,
             "rule": rule.name if rule is not None else None,
             "base_model": settings.base_model,
@@ -213,7 +243,14 @@ def size_search(
         folder / "search.json",
     )
     _plot(curve, best, folder / "curve.png")
-    return SizeSearch(curve, best, ranked, folder)
+    return SizeSearch(
+        curve,
+        best,
+        ranked,
+        folder,
+        pool_size=n,
+        chosen=None if ranker.nested else subset_of(best),
+    )
 
 
 def _plot(curve: Any, best: int, path: Path) -> None:

@@ -437,10 +437,80 @@ def test_size_search_ranks_with_the_strategy_given(tmp_path, monkeypatch, tiny_c
     )
     words = [len(r.output.split()) for r in found.ranked]
     assert words == sorted(words, reverse=True)
-    with pytest.raises(ParameterError, match="not nested"):
+    with pytest.raises(ParameterError, match="needs the rule's fitted range"):
         size_search(study, pool, LONGER, strategy="rule-in-range", settings=settings)
     with pytest.raises(ParameterError, match="strategy 'rule' needs a rule"):
         size_search(study, pool, None, settings=settings)
+
+
+def test_size_search_keeps_every_size_inside_the_fitted_range(tmp_path, monkeypatch):
+    """rule-in-range is not nested: each size is chosen on its own, inside the range,
+    and a size that cannot stay inside is left out of the curve, untrained."""
+    from study_helpers import alpaca_rows, write_eval, write_sources
+
+    from instructmining.experiments.study import create_study
+
+    study = tmp_path / "study"
+    create_study(
+        study,
+        sources=write_sources(tmp_path / "src"),
+        eval_paths=write_eval(tmp_path / "eval"),
+        n_mixtures=1,
+        size=12,
+        indicators=["output_length"],
+    )
+    rows = alpaca_rows(20)
+    words = sorted(len(r["output"].split()) for r in rows)
+    assert words[0] < words[-1]
+    ceiling = float(np.mean(words[:10]))  # at most 10 records can average this little
+    ranged = Rule(
+        name="longer-ranged",
+        intercept=0.5,
+        coefficients={"output_length": -0.01},
+        indicators={"output_length": {"name": "output_length"}},
+        ranges={"output_length": {"min": 0.0, "mean": ceiling / 2, "max": ceiling}},
+    )
+    trained: list[list] = []
+
+    def stub(base, records, *a, **k):
+        trained.append(list(records))
+        return {"eval_loss": 1.0 + abs(len(records) - 6)}
+
+    monkeypatch.setattr("instructmining.experiments.size_search.train_and_evaluate", stub)
+    pool_file = tmp_path / "pool.jsonl"
+    pool_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rule_file = tmp_path / "rule.json"
+    ranged.save(rule_file)
+    out = tmp_path / "best.jsonl"
+    args = ["select", str(pool_file), "--rule", str(rule_file), "--size", "auto"]
+    args += ["--study", str(study), "--budget", "5", "--min-size", "2", "-o", str(out)]
+    result = CliRunner().invoke(main, [*args, "--within-range"])
+    assert result.exit_code == 0, result.output
+    folder = next((study / "size_search").iterdir())
+    search = json.loads((folder / "search.json").read_text())
+    assert search["strategy"] == "rule-in-range"
+    # the whole pool (less its D_eval overlap) averages above the ceiling: left out
+    everything = search["range"][1]
+    left_out = search["left_out_out_of_range"]
+    assert everything in left_out
+    for size in left_out:  # named, never trained, not on the curve
+        assert f"size {size}: left out (no subset of it stays in the fitted range)" in (
+            result.output
+        )
+    curve = pd.read_csv(folder / "curve.csv")
+    assert sorted(len(s) for s in trained) == sorted(curve["size"].tolist())
+    assert not set(left_out) & set(curve["size"])
+    for subset in trained:  # every trained subset's mean inside the range
+        assert np.mean([len(r.output.split()) for r in subset]) <= ceiling + 1e-9
+    best = search["best_size"]
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(written) == best
+    kept = json.loads((folder / "subsets" / f"size-{best}.json").read_text())
+    assert len(kept) == best
+    assert np.mean([len(r["output"].split()) for r in written]) <= ceiling + 1e-9
+    # a plain rule's top s would leave the range: the search did choose differently
+    top = sorted(rows, key=lambda r: -len(r["output"].split()))[:best]
+    assert np.mean([len(r["output"].split()) for r in top]) > ceiling
 
 
 def test_the_loop_selects_with_the_strategy_given(tmp_path):
