@@ -12,7 +12,8 @@ from scipy import stats
 from study_helpers import alpaca_rows, write_eval, write_sources
 
 from instructmining.experiments import runner
-from instructmining.experiments.compare import Comparison, compare_strategies, mean_interval
+from instructmining.experiments.compare import compare_strategies
+from instructmining.experiments.comparison import Comparison, mean_interval
 from instructmining.experiments.size_search import grid_sizes, search_sizes, size_search
 from instructmining.experiments.study import create_study
 from instructmining.records import make_record
