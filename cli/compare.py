@@ -10,7 +10,7 @@ import click
 from instructmining.cli.options import (
     map_option,
     model_option,
-    phase_logger,
+    phases_without_bars,
     quiet_option,
     run_settings,
     training_options,
@@ -124,8 +124,7 @@ def compare_command(
         progress=progress_enabled(quiet),
         on_result=report,
         by=by,
-        # without a terminal there are no bars: one timestamped line per phase instead
-        log=None if quiet or progress_enabled(quiet) else phase_logger(),
+        log=phases_without_bars(quiet),
     )
     click.echo(result.markdown())
     click.echo(f"written to {result.folder}")

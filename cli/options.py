@@ -66,6 +66,13 @@ def phase_logger() -> Callable[[str], None]:
     return lambda line: click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
 
 
+def phases_without_bars(quiet: bool) -> Callable[[str], None] | None:
+    """The phase logger when no progress bars are drawn (not a terminal) and -q is not given."""
+    from instructmining.progress import progress_enabled
+
+    return None if quiet or progress_enabled(quiet) else phase_logger()
+
+
 def engine_options(f: Any) -> Any:
     """--engine, --num-actors, --gpus-per-actor, --ray-address (score and select)."""
     for option in reversed(

@@ -14,6 +14,7 @@ from instructmining.cli.options import (
     model_option,
     overwrite_option,
     phase_logger,
+    phases_without_bars,
     quiet_option,
     run_settings,
     settings_option,
@@ -294,8 +295,7 @@ def run_command(
         gpus_per_task=gpus_per_task,
         progress=progress_enabled(quiet),
         on_result=report,
-        # without a terminal there are no bars: one timestamped line per phase instead
-        log_phases=None if quiet or progress_enabled(quiet) else phase_logger(),
+        log_phases=phases_without_bars(quiet),
     )
     click.echo(
         f"{len(summary.done)} done, {len(summary.failed)} failed, {summary.skipped} already "

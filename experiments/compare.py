@@ -52,7 +52,7 @@ from instructmining.indicators.base import Indicator
 from instructmining.records import Record
 from instructmining.regression import Rule
 from instructmining.selection import select
-from instructmining.selection.strategies import choices, parse
+from instructmining.selection.strategies import Strategy, choices, parse
 from instructmining.writers import atomic_path, write_json, write_rows
 
 #: the default set
@@ -173,9 +173,9 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def choose_subset(
-    strategy: str,
+    strategy: str | Strategy,
     records: Sequence[Record],
-    rule: Rule,
+    rule: Rule | None,
     *,
     size: int,
     seed: int,

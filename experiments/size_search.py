@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from instructmining.errors import DataError, ParameterError
-from instructmining.experiments.compare import _fingerprint
+from instructmining.experiments.compare import _fingerprint, choose_subset
 from instructmining.experiments.evalset import remove_overlap
 from instructmining.experiments.lock import holds_study_lock
 from instructmining.experiments.runner import (
@@ -37,7 +37,6 @@ from instructmining.experiments.store import ResultsStore
 from instructmining.experiments.study import Study
 from instructmining.records import Record
 from instructmining.regression import Rule
-from instructmining.selection import select
 from instructmining.selection.ranges import RangeInfeasibleError
 from instructmining.selection.strategies import Strategy, parse
 from instructmining.writers import write_json, write_rows
@@ -150,15 +149,9 @@ def size_search(
     def choose(k: int) -> list[Record]:
         with warnings.catch_warnings():  # a +diverse:COS ranking keeps fewer than n: expected
             warnings.filterwarnings("ignore", message="the diversity threshold")
-            return select(
-                records,
-                rule if ranker.uses_rule else None,
-                k=k,
-                strategy=ranker,
-                seed=seed,
-                models=models,
-                cache=study.cache_dir,
-            ).subset(records)
+            return choose_subset(
+                ranker, records, rule, size=k, seed=seed, models=models, cache=study.cache_dir
+            )
 
     ranked = choose(n) if ranker.nested else []
     if ranker.nested:
@@ -184,14 +177,16 @@ def size_search(
     }
     phase: dict[int, int] = {}
     infeasible: set[int] = set()
+    chosen: dict[int, list[Record]] = {}  # a non-nested strategy's subsets, by size
 
     def subset_of(size: int) -> list[Record]:
         if ranker.nested:
             return ranked[:size]
-        chosen = choose(size)
-        (folder / "subsets").mkdir(exist_ok=True)
-        write_json([r.id for r in chosen], folder / "subsets" / f"size-{size}.json")
-        return chosen
+        if size not in chosen:
+            chosen[size] = choose(size)
+            (folder / "subsets").mkdir(exist_ok=True)
+            write_json([r.id for r in chosen[size]], folder / "subsets" / f"size-{size}.json")
+        return chosen[size]
 
     def evaluate(size: int) -> float:
         phase[size] = len(phase)

@@ -410,11 +410,10 @@ def test_study_compare_runs_top_ifd_and_kcenter(tmp_path, monkeypatch, tiny_caus
 # --- the size search and the loop take a strategy -------------------------------------------
 
 
-def test_size_search_ranks_with_the_strategy_given(tmp_path, monkeypatch, tiny_causal_lm):
-    from study_helpers import alpaca_rows, write_eval, write_sources
+def length_study(tmp_path: Path) -> Path:
+    """A one-mixture study scoring output_length only: enough for a size search's D_eval."""
+    from study_helpers import write_eval, write_sources
 
-    from instructmining.experiments import runner
-    from instructmining.experiments.size_search import size_search
     from instructmining.experiments.study import create_study
 
     study = tmp_path / "study"
@@ -426,6 +425,16 @@ def test_size_search_ranks_with_the_strategy_given(tmp_path, monkeypatch, tiny_c
         size=12,
         indicators=["output_length"],
     )
+    return study
+
+
+def test_size_search_ranks_with_the_strategy_given(tmp_path, monkeypatch, tiny_causal_lm):
+    from study_helpers import alpaca_rows
+
+    from instructmining.experiments import runner
+    from instructmining.experiments.size_search import size_search
+
+    study = length_study(tmp_path)
     monkeypatch.setattr(
         "instructmining.experiments.size_search.train_and_evaluate",
         lambda base, records, *a, **k: {"eval_loss": 1.0 + abs(len(records) - 6)},
@@ -446,19 +455,9 @@ def test_size_search_ranks_with_the_strategy_given(tmp_path, monkeypatch, tiny_c
 def test_size_search_keeps_every_size_inside_the_fitted_range(tmp_path, monkeypatch):
     """rule-in-range is not nested: each size is chosen on its own, inside the range,
     and a size that cannot stay inside is left out of the curve, untrained."""
-    from study_helpers import alpaca_rows, write_eval, write_sources
+    from study_helpers import alpaca_rows
 
-    from instructmining.experiments.study import create_study
-
-    study = tmp_path / "study"
-    create_study(
-        study,
-        sources=write_sources(tmp_path / "src"),
-        eval_paths=write_eval(tmp_path / "eval"),
-        n_mixtures=1,
-        size=12,
-        indicators=["output_length"],
-    )
+    study = length_study(tmp_path)
     rows = alpaca_rows(20)
     words = sorted(len(r["output"].split()) for r in rows)
     assert words[0] < words[-1]
