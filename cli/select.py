@@ -215,6 +215,19 @@ def select_command(
     from instructmining.selection.strategies import parse
 
     chooser = parse(strategy, option="--strategy")
+    if within_range:  # say it in the flags the user typed, before the API's own check
+        if chooser.key not in ("rule", "rule-in-range"):
+            raise click.UsageError(
+                f"--within-range works with --strategy rule (the default), not {strategy!r}; "
+                "drop one of the two"
+            )
+        if rule_spec is None:
+            raise click.UsageError("--within-range needs --rule RULE.json|smollm2-v1|paper-v3")
+        if diversity is not None or max_predicted_loss is not None:
+            raise click.UsageError(
+                "--within-range takes -k, --fraction or --size auto; it does not combine "
+                "with --diversity or --max-predicted-loss"
+            )
 
     if report_dir is not None:
         if size_mode == "auto":

@@ -350,6 +350,30 @@ def test_cli_within_range(tmp_path):
     assert plain.exit_code == 2 and "records none" in plain.output
 
 
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--strategy", "top:ifd"], "--within-range works with --strategy rule"),
+        (["--strategy", "random", "--size", "auto"], "--within-range works with --strategy rule"),
+        (["--diversity", "0.9"], "does not combine with --diversity"),
+    ],
+)
+def test_cli_within_range_misuse_names_the_flags(tmp_path, extra, says):
+    records = pool(30)
+    data = write_pool(tmp_path / "pool.jsonl", records)
+    rule_path = length_rule(pool_ranges(records)).save(tmp_path / "rule.json")
+    out = tmp_path / "out.jsonl"
+    args = ["select", str(data), "--rule", str(rule_path), "--within-range", "-o", str(out)]
+    k = [] if "auto" in extra else ["-k", "5"]
+    result = CliRunner().invoke(main, [*args, *k, *extra])
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert "'within_range'" not in result.output and not out.exists()
+
+    no_rule = CliRunner().invoke(main, ["select", str(data), "-k", "5", "--within-range",
+                                        "-o", str(out)])  # fmt: skip
+    assert no_rule.exit_code == 2 and "--within-range needs --rule" in no_rule.output
+
+
 def _own_knn6(records, rows):
     """knn6 of a subset among its own records (as a study scores a candidate)."""
     from instructmining.indicators.engine import score
