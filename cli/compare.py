@@ -27,7 +27,15 @@ from instructmining.cli.options import (
     help="The data to select from.",
 )
 @click.option("-r", "--rule", "rule_spec", required=True, metavar="RULE.json|paper-v1|paper-v3")
-@click.option("--size", type=click.IntRange(min=1), required=True, help="K: records per subset.")
+@click.option("--size", type=click.IntRange(min=1), default=None, help="K: records per subset.")
+@click.option(
+    "--tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Instead of --size: an equal budget of N response tokens per subset (as trained, "
+    "after the max-length cut); each strategy keeps as many of its records as fit.",
+)
 @click.option(
     "--seeds",
     type=click.IntRange(min=1),
@@ -59,7 +67,8 @@ def compare_command(
     study_dir: Path,
     pool_path: Path,
     rule_spec: str,
-    size: int,
+    size: int | None,
+    tokens: int | None,
     seeds: int,
     strategies: str,
     base_model: str,
@@ -82,10 +91,16 @@ def compare_command(
     each subset's mean of every study indicator and paired differences against
     random, rewritten after every run; a killed comparison resumes where it stopped.
 
+    With --tokens N instead of --size, every subset holds as many of its
+    strategy's records as fit into N response tokens, so that choosing long records
+    does not win by training on more tokens alone.
+
     \b
-    Example:
+    Examples:
       instructmining study compare study/ --pool dolly.json --rule study/rule.json \\
           --size 1000 --seeds 5 --strategies rule,rule-in-range,random,top:ifd,kcenter
+      instructmining study compare study/ --pool dolly.json --rule study/rule.json \\
+          --tokens 20000 --seeds 5 --strategies rule,random,longest
     """
     from instructmining.experiments.compare import (
         compare_strategies,
@@ -97,6 +112,8 @@ def compare_command(
     from instructmining.readers import read_records
     from instructmining.regression import load_rule
 
+    if (size is None) == (tokens is None):
+        raise click.UsageError("give exactly one of --size K (records) and --tokens N")
     # names checked before the pool is read (ParameterError: one line, exit code 2)
     chosen = parse_strategies(strategies.split(","), study_indicator_names(Study(study_dir)))
     try:
@@ -117,6 +134,7 @@ def compare_command(
         pool,
         rule,
         size=size,
+        tokens=tokens,
         seeds=seeds,
         settings=settings,
         strategies=chosen,

@@ -204,13 +204,94 @@ def choose_subset(
     return picked.subset(records)
 
 
+def response_tokens(base: str, records: Sequence[Record], settings: RunSettings) -> list[int]:
+    """Response tokens each record trains on under `settings` (after the max-length cut).
+
+    What a token budget counts: the loss positions finetuning takes on the record,
+    as `train_target_tokens` of a finished run sums them.
+    """
+    from instructmining.experiments.finetune import load_tokenizer
+    from instructmining.experiments.template import IGNORE, encode_all
+
+    pairs = encode_all(
+        load_tokenizer(base), records, settings.train.max_length, settings.train.template
+    )
+    return [sum(label != IGNORE for label in labels) for _, labels in pairs]
+
+
+def choose_within_budget(
+    strategy: str | Strategy,
+    records: Sequence[Record],
+    rule: Rule | None,
+    counts: Mapping[str, int],
+    *,
+    budget: int,
+    seed: int,
+    indicators: Sequence[Indicator] = (),
+    models: Mapping[str, str] | None = None,
+    cache: str | Path | None = None,
+    progress: bool = False,
+) -> list[Record]:
+    """The largest subset of the strategy's choosing whose response tokens stay within `budget`.
+
+    `counts` holds each record's response tokens by id (`response_tokens`). A nested
+    strategy's choice is the longest prefix of its ranking that fits; one whose subsets
+    are not nested (rule-in-range) is asked for sizes k by bisection, taking the largest
+    k whose subset fits (its token total grows with k, though not strictly).
+    """
+    chosen = parse(strategy)
+
+    def pick(size: int) -> list[Record]:
+        return choose_subset(
+            chosen,
+            records,
+            rule,
+            size=size,
+            seed=seed,
+            indicators=indicators,
+            models=models,
+            cache=cache,
+            progress=progress,
+        )
+
+    def total(subset: Sequence[Record]) -> int:
+        return sum(counts[r.id] for r in subset)
+
+    if chosen.nested:
+        out: list[Record] = []
+        used = 0
+        for record in pick(len(records)):
+            if used + counts[record.id] > budget:
+                break
+            out.append(record)
+            used += counts[record.id]
+        best = out
+    else:
+        low, high = 0, len(records)  # invariant: the subset of size `low` fits (0 always)
+        best = []
+        while low < high:
+            mid = (low + high + 1) // 2
+            subset = pick(mid)
+            if total(subset) <= budget:
+                low, best = mid, subset
+            else:
+                high = mid - 1
+    if not best:
+        raise ParameterError(
+            f"--tokens {budget}: strategy {chosen.name!r} cannot choose even one record "
+            "within the budget; raise --tokens"
+        )
+    return best
+
+
 @holds_study_lock("study compare")
 def compare_strategies(
     study_path: str | Path,
     pool: Sequence[Record],
     rule: Rule,
     *,
-    size: int,
+    size: int | None = None,
+    tokens: int | None = None,
     seeds: int = 5,
     settings: RunSettings,
     strategies: Sequence[str] = STRATEGIES,
@@ -222,6 +303,9 @@ def compare_strategies(
 ) -> Comparison:
     """Run (or resume) the comparison; results live in STUDY/compare/<fingerprint>/.
 
+    Subsets hold `size` records each, or, with `tokens` instead, as many records as a
+    strategy's choice fits into that many response tokens (`choose_within_budget`): an
+    equal token budget, so that a strategy of long records does not win by volume alone.
     `by`: a field of the pool's source rows (dolly's ``category``) whose make-up of
     every strategy's subsets is tabled, read from the kept record ids of each run.
     `log` receives one line as each phase starts (for runs nobody watches on a terminal).
@@ -236,6 +320,10 @@ def compare_strategies(
 
     if seeds < 1:
         raise ParameterError(f"--seeds must be >= 1, got {seeds}")
+    if (size is None) == (tokens is None):
+        raise ParameterError("give exactly one of --size (records) and --tokens (a budget)")
+    if tokens is not None and tokens < 1:
+        raise ParameterError(f"--tokens must be >= 1, got {tokens}")
     study = Study(study_path)
     names = study_indicator_names(study)
     strategies = parse_strategies(strategies, names)
@@ -257,7 +345,7 @@ def compare_strategies(
     records = kept["pool"]
     if by:
         check_field(records, by)
-    if size > len(records):
+    if size is not None and size > len(records):
         raise ParameterError(
             f"--size {size} exceeds the {len(records)} pool records left after removing "
             f"{removed['pool']} that overlap D_eval"
@@ -269,7 +357,7 @@ def compare_strategies(
     # shared. A run of a strategy that reads the rule carries the rule's digest.
     key = _fingerprint(
         sorted(r.id for r in records),
-        size,
+        size if tokens is None else {"response_tokens": tokens},
         settings.base_model,
         settings.train.key(),
         study.indicator_params,
@@ -296,21 +384,31 @@ def compare_strategies(
     # training, and a resumed comparison finds every score it needs in the cache
     seeded = {name for name in strategies if parse(name).seed_matters(rule)}
     subsets: dict[tuple[str, int], list[Record]] = {}
+    counts = (
+        dict(zip((r.id for r in records), response_tokens(base, records, settings), strict=True))
+        if tokens is not None and todo
+        else {}
+    )
     for strategy, seed in todo:
         pick_seed = seed if strategy in seeded else 0
         if (strategy, pick_seed) not in subsets:
             say(f"choosing the subset of {strategy} (seed {pick_seed})")
-            subsets[(strategy, pick_seed)] = choose_subset(
-                strategy,
-                records,
-                rule,
-                size=size,
-                seed=pick_seed,
-                indicators=study_indicators,
-                models=models,
-                cache=study.cache_dir,
-                progress=progress,
-            )
+            common: dict[str, Any] = {
+                "seed": pick_seed,
+                "indicators": study_indicators,
+                "models": models,
+                "cache": study.cache_dir,
+                "progress": progress,
+            }
+            if tokens is None:
+                subset = choose_subset(strategy, records, rule, size=int(size or 0), **common)
+            else:
+                subset = choose_within_budget(
+                    strategy, records, rule, counts, budget=tokens, **common
+                )
+                used = sum(counts[r.id] for r in subset)
+                say(f"{strategy}: {len(subset)} records, {used} of {tokens} response tokens")
+            subsets[(strategy, pick_seed)] = subset
     _check_fixed_subsets(folder, subsets, seeded, finished, run_id)
     if subsets:
         say(f"scoring the {len(subsets)} subsets on every study indicator")
@@ -363,6 +461,7 @@ def compare_strategies(
                 "pool": len(records),
                 "removed_eval_overlap": removed["pool"],
                 "size": size,
+                "response_token_budget": tokens,
                 "seeds": seeds,
                 "strategies": strategies,
                 "runs_planned": len(wanted),
@@ -407,7 +506,8 @@ def compare_strategies(
             "strategy": strategy,
             "rule_digest": rule_digest if parse(strategy).uses_rule else "",
             "seed": seed,
-            "size": size,
+            "size": len(subset),
+            **({"token_budget": tokens} if tokens is not None else {}),
             "subset_mean_output_words": float(np.mean([len(r.output.split()) for r in subset])),
             **{f"subset_mean_{name}": value for name, value in means[pick].items()},
         }

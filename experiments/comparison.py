@@ -110,6 +110,9 @@ class Comparison:
                 # the noise figure: the finetuning seed's alone where the subset is fixed
                 "sd": float(losses.std(ddof=1)) if len(group) > 1 else math.nan,
             }
+            if "token_budget" in group and group["token_budget"].notna().any():
+                # a token budget: the strategies differ in how many records fit into it
+                row["records"] = float(group["size"].astype(float).mean())
             if predicted:
                 row["predicted_loss"] = predicted.get(str(strategy), math.nan)
             if "train_responses_cut" in group and group["train_responses_cut"].notna().any():
@@ -223,8 +226,10 @@ class Comparison:
         predicts = any("predicted_loss" in r for r in rows)
         cuts = any("responses_cut" in r for r in rows)
         tokens = any("trained_tokens" in r for r in rows)
+        counted = any("records" in r for r in rows)
         extra = (
-            (" rule's prediction |" if predicts else "")
+            (" records |" if counted else "")
+            + (" rule's prediction |" if predicts else "")
             + (" responses cut at max length |" if cuts else "")
             + (" response tokens trained |" if tokens else "")
         )
@@ -235,15 +240,23 @@ class Comparison:
                 "`study compare` command resumes the rest.",
                 "",
             ]
+        if counted:
+            budget = int(self.runs["token_budget"].dropna().iloc[0])
+            lines += [
+                f"Equal token budget: every subset holds as many of its strategy's records "
+                f"as fit into {budget} response tokens.",
+                "",
+            ]
         lines += [
             "| strategy | runs | mean eval loss | 95% interval | sd over seeds |" + extra,
-            "|---|---|---|---|---|" + "---|" * (predicts + cuts + tokens),
+            "|---|---|---|---|---|" + "---|" * (counted + predicts + cuts + tokens),
         ]
         for r in rows:
             cut, trained = r.get("responses_cut"), r.get("trained_tokens")
             lines.append(
                 f"| {r['strategy']} | {r['runs']} | {r['mean_loss']:.4f} | "
                 f"{_interval(r['ci_low'], r['ci_high'], '.4f')} | {_loss(r['sd'])} |"
+                + (f" {_fmt(r.get('records'))} |" if counted else "")
                 + (f" {_loss(r.get('predicted_loss'))} |" if predicts else "")
                 + (f" {'n/a' if cut is None else f'{cut:.1f}'} |" if cuts else "")
                 + (f" {'n/a' if trained is None else f'{trained:.0f}'} |" if tokens else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from scipy import stats
 from study_helpers import alpaca_rows, write_eval, write_sources
 
+from instructmining.errors import ParameterError
 from instructmining.experiments import runner
 from instructmining.experiments.compare import compare_strategies
 from instructmining.experiments.comparison import Comparison, mean_interval
@@ -601,3 +603,86 @@ def test_time_left_counts_each_strategy_at_its_own_median():
     # counts that do not add up (runs of another rule in the folder): the plain median
     assert _time_left(done, plan, 4) == pytest.approx(4 * 800)
     assert _time_left(done, plan, 0) is None and _time_left([], plan, 6) is None
+
+
+def token_counts(base, pool, settings):
+    """Each record's response tokens by id, as finetuning under `settings` trains on them."""
+    from instructmining.experiments.compare import response_tokens
+
+    resolved = runner.resolve_settings(settings, base)
+    return dict(zip([r.id for r in pool], response_tokens(base, pool, resolved), strict=True))
+
+
+def test_compare_with_an_equal_token_budget(study_dir, monkeypatch, tiny_causal_lm):
+    settings = runner.settings_for(str(tiny_causal_lm), **SMALL)
+    pool = pool_records()
+    counts = token_counts(str(tiny_causal_lm), pool, settings)
+    budget = 120
+    stub = StubTraining()
+    monkeypatch.setattr("instructmining.experiments.compare.train_and_evaluate", stub)
+    strategies = ["longest", "random", "rule-in-range"]
+    lines: list[str] = []
+    result = compare_strategies(
+        study_dir, pool, RANGED_RULE, tokens=budget, seeds=2, settings=settings,
+        strategies=strategies, log=lines.append,
+    )  # fmt: skip
+    used = [sum(counts[r.id] for r in subset) for subset in stub.subsets]
+    assert all(u <= budget for u in used) and min(used) > budget // 2
+    sizes = dict(zip(result.runs["strategy"], result.runs["size"], strict=True))
+    assert sizes["longest"] < sizes["random"]  # long records: fewer fit into the budget
+    # longest: the longest prefix of its ranking that fits; one more record would not
+    first = stub.subsets[0]
+    ranked = sorted(pool, key=lambda r: -len(r.output.split()))
+    assert {r.id for r in first} == {r.id for r in ranked[: len(first)]}
+    assert used[0] + counts[ranked[len(first)].id] > budget
+    # rule-in-range (not nested) is asked for sizes by bisection; it stays inside the range
+    inside = stub.subsets[strategies.index("rule-in-range")]
+    assert 9.0 <= np.mean([len(r.output.split()) for r in inside]) <= 11.0
+    assert any(ln.startswith("longest: ") and f"of {budget} response tokens" in ln for ln in lines)
+    summary = (result.folder / "summary.md").read_text()
+    assert f"fit into {budget} response tokens" in summary and "| records |" in summary
+    # its own folder: a size comparison of the same pool is another one
+    by_size = compare_strategies(
+        study_dir, pool, RANGED_RULE, size=8, seeds=1, settings=settings, strategies=["random"]
+    )
+    assert by_size.folder != result.folder and "| records |" not in by_size.markdown()
+
+    monkeypatch.setattr(
+        "instructmining.experiments.compare.train_and_evaluate",
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-trained")),
+    )
+    again = compare_strategies(
+        study_dir, pool, RANGED_RULE, tokens=budget, seeds=2, settings=settings,
+        strategies=strategies,
+    )  # fmt: skip
+    assert again.runs["eval_loss"].tolist() == result.runs["eval_loss"].tolist()
+    with pytest.raises(ParameterError, match="cannot choose even one record"):
+        compare_strategies(study_dir, pool, RULE, tokens=1, seeds=1, settings=settings)
+    with pytest.raises(ParameterError, match="exactly one of --size"):
+        compare_strategies(study_dir, pool, RULE, size=8, tokens=50, settings=settings)
+
+
+def test_a_token_budget_counts_what_finetuning_trains_on(study_dir, tiny_causal_lm):
+    settings = runner.settings_for(str(tiny_causal_lm), **SMALL)
+    pool = pool_records()
+    result = compare_strategies(
+        study_dir, pool, RULE, tokens=90, seeds=1, settings=settings, strategies=["longest"]
+    )
+    counts = token_counts(str(tiny_causal_lm), pool, settings)
+    kept = json.loads(next((result.folder / "subsets").glob("longest*.json")).read_text())
+    assert int(result.runs["train_target_tokens"].iloc[0]) == sum(counts[i] for i in kept) <= 90
+
+
+def test_cli_compare_wants_a_size_or_a_token_budget(study_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from instructmining.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(10, offset=200)))
+    rule = tmp_path / "rule.json"
+    RULE.save(rule)
+    base = ["study", "compare", str(study_dir), "--pool", str(pool), "--rule", str(rule)]
+    for extra in ([], ["--size", "4", "--tokens", "100"]):
+        result = CliRunner().invoke(main, [*base, *extra])
+        assert result.exit_code == 2 and "exactly one of --size K" in result.output
