@@ -238,11 +238,6 @@ def select_command(
     if size_mode == "auto":
         if engine != "local":
             raise click.UsageError("--engine ray does not combine with --size auto")
-        if exclude_eval or dedup or dedup_semantic is not None:
-            raise click.UsageError(
-                "--exclude-eval and --dedup do not combine with --size auto; "
-                "run select --exclude-eval/--dedup first and search on its output"
-            )
         _size_search(
             data,
             rule_spec,
@@ -260,6 +255,10 @@ def select_command(
             chooser=chooser,
             seed=seed,
             within_range=within_range,
+            exclude_eval=exclude_eval,
+            dedup=DedupSettings(semantic=dedup_semantic)
+            if dedup or dedup_semantic is not None
+            else None,
         )
         return
     if sum(x is not None for x in (k, fraction, max_predicted_loss)) != 1:
@@ -366,6 +365,8 @@ def _size_search(
     chooser: Any,
     seed: int,
     within_range: bool,
+    exclude_eval: tuple[Path, ...] = (),
+    dedup: Any = None,
 ) -> None:
     from instructmining.experiments.size_search import size_search
     from instructmining.progress import progress_enabled
@@ -385,7 +386,23 @@ def _size_search(
 
         chooser = resolve_strategy(chooser, rule, within_range=True)[1]
     settings = run_settings(base_model, **training)
+    evalset = None
+    if exclude_eval:  # read and checked before the pool, as plain select does
+        from instructmining.selection.contamination import read_eval_files
+
+        evalset = read_eval_files(exclude_eval, option="--exclude-eval")
     pool = read_records(data, field_map=field_map or None, on_error=on_error).records
+    if evalset is not None:
+        from instructmining.selection.contamination import find_contamination
+
+        found = find_contamination(pool, evalset.records, evalset.origin, parts=evalset.parts)
+        dropped = set(found.contaminated)
+        pool = [r for i, r in enumerate(pool) if i not in dropped]
+        kinds = found.summary()["by_kind"]
+        click.echo(
+            f"{len(dropped)} records dropped as overlapping the evaluation set"
+            + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else "")
+        )
 
     def report(size: int, loss: float) -> None:
         if math.isnan(loss):
@@ -405,7 +422,10 @@ def _size_search(
         models=models,
         progress=progress_enabled(quiet),
         on_result=report,
+        dedup=dedup,
     )
+    if dedup is not None:
+        click.echo(f"{found.duplicates_dropped} records dropped as duplicates before the search")
     write_rows([dict(r.fields) for r in found.subset], out, overwrite=overwrite, inputs=[data])
     click.echo(f"best size {found.best_size} of {found.pool_size} -> {out}")
     click.echo(f"loss-vs-size curve: {found.folder / 'curve.csv'} and curve.png")

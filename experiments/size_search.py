@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from instructmining.experiments.store import ResultsStore
 from instructmining.experiments.study import Study
 from instructmining.records import Record
 from instructmining.regression import Rule
+from instructmining.selection import select
+from instructmining.selection.dedup import DedupSettings
 from instructmining.selection.ranges import RangeInfeasibleError
 from instructmining.selection.strategies import Strategy, parse
 from instructmining.writers import write_json, write_rows
@@ -56,6 +58,8 @@ class SizeSearch:
     pool_size: int = 0
     #: the best size's subset when subsets are not nested (else the top of `ranked`)
     chosen: list[Record] | None = None
+    #: records left out before the search as duplicates of a kept one (`dedup`)
+    duplicates_dropped: int = 0
 
     @property
     def subset(self) -> list[Record]:
@@ -126,12 +130,15 @@ def size_search(
     models: dict[str, str] | None = None,
     progress: bool = False,
     on_result: Callable[[int, float], None] | None = None,
+    dedup: DedupSettings | None = None,
 ) -> SizeSearch:
     """Rank `pool` by `strategy` (with `rule` and `seed`) and search the best top-s size.
 
     See the module docstring. A strategy whose subsets are not nested (rule-in-range)
     chooses each size's subset anew; a size it cannot keep inside the rule's fitted
     range is left out of the curve (its loss counts as infinite in the search).
+    With `dedup`, one record of every duplicate cluster is kept before the search (the
+    one `select --dedup` keeps), so every size is chosen from the same de-duplicated pool.
     """
     import pandas as pd
 
@@ -140,6 +147,11 @@ def size_search(
     study = Study(study_path)
     kept, removed = remove_overlap({"pool": list(pool)}, study.eval_records)
     records = kept["pool"]
+    dropped = 0
+    if dedup is not None and records:
+        records, dropped = _keep_one_per_cluster(
+            records, rule, ranker, dedup, seed=seed, models=models, cache=study.cache_dir
+        )
     n = len(records)
     high = n if max_size is None else min(max_size, n)
     low = min(max(1, min_size), high)
@@ -226,6 +238,7 @@ def size_search(
         {
             "pool": n,
             "removed_eval_overlap": removed["pool"],
+            "duplicates_dropped": dropped,
             "budget": budget,
             "range": [low, high],
             "best_size": best,
@@ -245,7 +258,41 @@ def size_search(
         folder,
         pool_size=n,
         chosen=None if ranker.nested else subset_of(best),
+        duplicates_dropped=dropped,
     )
+
+
+def _keep_one_per_cluster(
+    records: Sequence[Record],
+    rule: Rule | None,
+    ranker: Strategy,
+    dedup: DedupSettings,
+    *,
+    seed: int,
+    models: Mapping[str, str] | None,
+    cache: str | Path | None,
+) -> tuple[list[Record], int]:
+    """The pool with one record per duplicate cluster, in pool order; and how many left.
+
+    The record kept is the one `select --dedup` keeps with this strategy: the
+    cluster's first in the rule's ranking when the strategy needs the rule, else
+    its lowest id. (rule-in-range's whole-pool choice may not exist, so its
+    clusters are resolved by the plain rule's ranking: the same order.)
+    """
+    orderer = ranker if ranker.nested else parse("rule")
+    picked = select(
+        records,
+        rule if orderer.uses_rule else None,
+        fraction=1.0,
+        strategy=orderer,
+        seed=seed,
+        dedup=dedup,
+        models=models,
+        cache=cache,
+    )
+    # by position: exact copies share an id, and only the dropped copy may go
+    keep = picked.scores["duplicate_of"].isna().to_numpy()
+    return [r for r, kept in zip(records, keep, strict=True) if kept], picked.duplicates_dropped
 
 
 def _plot(curve: Any, best: int, path: Path) -> None:

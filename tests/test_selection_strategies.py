@@ -537,3 +537,44 @@ def test_the_loop_selects_with_the_strategy_given(tmp_path):
         run_loop(seeds, tmp_path, keep=3, **{**options, "backend": ScriptedBackend()})
     with pytest.raises(ParameterError, match="unknown strategy 'best'"):
         run_loop(seeds, tmp_path / "other", keep=3, strategy="best", **options)
+
+
+def test_size_search_cleans_the_pool_once_before_searching(tmp_path, monkeypatch):
+    """--size auto with --exclude-eval and --dedup: every size comes from the same pool,
+    without the eval overlap and with one record per duplicate cluster."""
+    from study_helpers import alpaca_rows
+
+    study = length_study(tmp_path)
+    rows = alpaca_rows(20)
+    # exact copies: three clusters of two (rows 0 and 1 are in the study's D_eval)
+    twins = [dict(rows[i]) for i in (5, 6, 7)]
+    leaked = {"instruction": "Name the capital of France.", "input": "", "output": "Paris is."}
+    pool_file = tmp_path / "pool.jsonl"
+    pool_file.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *twins, leaked]))
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps(leaked) + "\n")
+    trained: list[list] = []
+
+    def stub(base, records, *a, **k):
+        trained.append(list(records))
+        return {"eval_loss": 1.0 + abs(len(records) - 6)}
+
+    monkeypatch.setattr("instructmining.experiments.size_search.train_and_evaluate", stub)
+    rule_file = tmp_path / "rule.json"
+    LONGER.save(rule_file)
+    out = tmp_path / "best.jsonl"
+    args = ["select", str(pool_file), "--rule", str(rule_file), "--size", "auto"]
+    args += ["--study", str(study), "--budget", "4", "--min-size", "2", "-o", str(out)]
+    result = CliRunner().invoke(main, [*args, "--exclude-eval", str(evals), "--dedup"])
+    assert result.exit_code == 0, result.output
+    assert "1 records dropped as overlapping the evaluation set" in result.output
+    assert "3 records dropped as duplicates before the search" in result.output, result.output
+    folder = next((study / "size_search").iterdir())
+    search = json.loads((folder / "search.json").read_text())
+    assert search["duplicates_dropped"] == 3 and search["range"][1] == 18, search  # 24 - 1 - 2 - 3
+    seen = [r.instruction for subset in trained for r in subset]
+    assert leaked["instruction"] not in seen
+    for subset in trained:  # no size trains on both copies of a record
+        assert len({(r.instruction, r.input, r.output) for r in subset}) == len(subset)
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len({json.dumps(r, sort_keys=True) for r in kept}) == len(kept)
