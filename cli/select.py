@@ -395,10 +395,10 @@ def _size_search(
     if evalset is not None:
         from instructmining.selection.contamination import find_contamination
 
-        found = find_contamination(pool, evalset.records, evalset.origin, parts=evalset.parts)
-        dropped = set(found.contaminated)
+        overlap = find_contamination(pool, evalset.records, evalset.origin, parts=evalset.parts)
+        dropped = set(overlap.contaminated)
         pool = [r for i, r in enumerate(pool) if i not in dropped]
-        kinds = found.summary()["by_kind"]
+        kinds = overlap.summary()["by_kind"]
         click.echo(
             f"{len(dropped)} records dropped as overlapping the evaluation set"
             + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else "")
