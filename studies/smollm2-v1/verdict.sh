@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 IM=${IM:-instructmining}
+case $IM in /*|instructmining) ;; *) echo "verdict.sh: IM must be an absolute path (the script changes directory)" >&2; exit 2;; esac
 D=../../../shared/data
 BASE=smollm2-135m-instruct
 TRAIN="--precision fp32 --template chat"   # as run.sh
