@@ -24,6 +24,7 @@ seed: every strategy against ``random``, and ``rule`` against every other one
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import statistics
 import time
@@ -226,53 +227,32 @@ def choose_within_budget(
     counts: Mapping[str, int],
     *,
     budget: int,
-    seed: int,
-    indicators: Sequence[Indicator] = (),
-    models: Mapping[str, str] | None = None,
-    cache: str | Path | None = None,
-    progress: bool = False,
+    **options: Any,
 ) -> list[Record]:
     """The largest subset of the strategy's choosing whose response tokens stay within `budget`.
 
-    `counts` holds each record's response tokens by id (`response_tokens`). A nested
-    strategy's choice is the longest prefix of its ranking that fits; one whose subsets
-    are not nested (rule-in-range) is asked for sizes k by bisection, taking the largest
-    k whose subset fits (its token total grows with k, though not strictly).
+    `counts` holds each record's response tokens by id (`response_tokens`); `options`
+    (seed, indicators, ...) go to `choose_subset`. A nested strategy's choice is the
+    longest prefix of its ranking that fits; one whose subsets are not nested
+    (rule-in-range) is asked for sizes k by bisection, taking the largest k whose
+    subset fits (its token total grows with k, though not strictly).
     """
     chosen = parse(strategy)
 
     def pick(size: int) -> list[Record]:
-        return choose_subset(
-            chosen,
-            records,
-            rule,
-            size=size,
-            seed=seed,
-            indicators=indicators,
-            models=models,
-            cache=cache,
-            progress=progress,
-        )
+        return choose_subset(chosen, records, rule, size=size, **options)
 
-    def total(subset: Sequence[Record]) -> int:
-        return sum(counts[r.id] for r in subset)
-
+    best: list[Record] = []
     if chosen.nested:
-        out: list[Record] = []
-        used = 0
-        for record in pick(len(records)):
-            if used + counts[record.id] > budget:
-                break
-            out.append(record)
-            used += counts[record.id]
-        best = out
+        ranking = pick(len(records))  # cumulative tokens never fall: count the prefix that fits
+        used = itertools.accumulate(counts[r.id] for r in ranking)
+        best = ranking[: sum(1 for total in used if total <= budget)]
     else:
         low, high = 0, len(records)  # invariant: the subset of size `low` fits (0 always)
-        best = []
         while low < high:
             mid = (low + high + 1) // 2
             subset = pick(mid)
-            if total(subset) <= budget:
+            if sum(counts[r.id] for r in subset) <= budget:
                 low, best = mid, subset
             else:
                 high = mid - 1

@@ -463,6 +463,10 @@ def test_cli_compare_rejects_unknown_strategies(study_dir, tmp_path):
     result = CliRunner().invoke(main, [*base, "--size", "4", "--strategies", "rule-in-range"])
     assert result.exit_code == 2 and "fitted range" in result.output
     assert result.output.strip().count("\n") == 0
+    # a subset size or a token budget: exactly one
+    for extra in ([], ["--size", "4", "--tokens", "100"]):
+        result = CliRunner().invoke(main, [*base, *extra])
+        assert result.exit_code == 2 and "exactly one of --size K" in result.output
 
 
 def test_compare_adds_strategies_and_rules_without_retraining_the_others(
@@ -671,18 +675,3 @@ def test_a_token_budget_counts_what_finetuning_trains_on(study_dir, tiny_causal_
     counts = token_counts(str(tiny_causal_lm), pool, settings)
     kept = json.loads(next((result.folder / "subsets").glob("longest*.json")).read_text())
     assert int(result.runs["train_target_tokens"].iloc[0]) == sum(counts[i] for i in kept) <= 90
-
-
-def test_cli_compare_wants_a_size_or_a_token_budget(study_dir, tmp_path):
-    from click.testing import CliRunner
-
-    from instructmining.cli import main
-
-    pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(10, offset=200)))
-    rule = tmp_path / "rule.json"
-    RULE.save(rule)
-    base = ["study", "compare", str(study_dir), "--pool", str(pool), "--rule", str(rule)]
-    for extra in ([], ["--size", "4", "--tokens", "100"]):
-        result = CliRunner().invoke(main, [*base, *extra])
-        assert result.exit_code == 2 and "exactly one of --size K" in result.output

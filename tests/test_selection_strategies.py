@@ -452,6 +452,18 @@ def test_size_search_ranks_with_the_strategy_given(tmp_path, monkeypatch, tiny_c
         size_search(study, pool, None, settings=settings)
 
 
+def record_size_runs(monkeypatch) -> list[list]:
+    """Replace a size search's finetuning: keep each subset; the loss is least at 6 records."""
+    trained: list[list] = []
+
+    def stub(base, records, *a, **k):
+        trained.append(list(records))
+        return {"eval_loss": 1.0 + abs(len(records) - 6)}
+
+    monkeypatch.setattr("instructmining.experiments.size_search.train_and_evaluate", stub)
+    return trained
+
+
 def test_size_search_keeps_every_size_inside_the_fitted_range(tmp_path, monkeypatch):
     """rule-in-range is not nested: each size is chosen on its own, inside the range,
     and a size that cannot stay inside is left out of the curve, untrained."""
@@ -469,13 +481,7 @@ def test_size_search_keeps_every_size_inside_the_fitted_range(tmp_path, monkeypa
         indicators={"output_length": {"name": "output_length"}},
         ranges={"output_length": {"min": 0.0, "mean": ceiling / 2, "max": ceiling}},
     )
-    trained: list[list] = []
-
-    def stub(base, records, *a, **k):
-        trained.append(list(records))
-        return {"eval_loss": 1.0 + abs(len(records) - 6)}
-
-    monkeypatch.setattr("instructmining.experiments.size_search.train_and_evaluate", stub)
+    trained = record_size_runs(monkeypatch)
     pool_file = tmp_path / "pool.jsonl"
     pool_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rule_file = tmp_path / "rule.json"
@@ -553,13 +559,7 @@ def test_size_search_cleans_the_pool_once_before_searching(tmp_path, monkeypatch
     pool_file.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *twins, leaked]))
     evals = tmp_path / "eval.jsonl"
     evals.write_text(json.dumps(leaked) + "\n")
-    trained: list[list] = []
-
-    def stub(base, records, *a, **k):
-        trained.append(list(records))
-        return {"eval_loss": 1.0 + abs(len(records) - 6)}
-
-    monkeypatch.setattr("instructmining.experiments.size_search.train_and_evaluate", stub)
+    trained = record_size_runs(monkeypatch)
     rule_file = tmp_path / "rule.json"
     LONGER.save(rule_file)
     out = tmp_path / "best.jsonl"
